@@ -1,0 +1,42 @@
+"""A tiny name -> callable registry, one per variant axis (losses, estimators, reducers...).
+
+Each axis has one call signature; registering a name twice is an error so that two plugins cannot
+silently shadow one another.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+
+class Registry(Generic[F]):
+    def __init__(self, axis: str):
+        self.axis = axis
+        self._items: dict[str, F] = {}
+
+    def register(self, name: str) -> Callable[[F], F]:
+        def deco(fn: F) -> F:
+            if name in self._items:
+                raise ValueError(f"{self.axis}: '{name}' is already registered")
+            self._items[name] = fn
+            return fn
+
+        return deco
+
+    def get(self, name: str) -> F:
+        if name not in self._items:
+            close = difflib.get_close_matches(name, list(self._items), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise KeyError(f"unknown {self.axis} '{name}'{hint} (known: {', '.join(sorted(self._items))})")
+        return self._items[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
