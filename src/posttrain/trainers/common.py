@@ -1,0 +1,180 @@
+"""Pieces every trainer shares: component configs, model set-up (LoRA), optimizer and schedule,
+the resumable data order, and generation-based exact-match evaluation."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from posttrain.data import encode_prompt
+from posttrain.rollout import HFEngine, SamplingParams
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny-llama"
+    trust_remote_code: bool = False
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = "task:addition"  # a file/folder, or task:NAME[:k=v,...] for a built-in task
+    eval_path: str = ""  # empty: the task's held-out split (tasks) or none
+    kind: str = ""  # empty: detect from the columns
+    columns: dict[str, str] = field(default_factory=dict)  # source column -> posttrain field
+    on_error: str = "raise"  # or "skip" (bad rows are counted and reported)
+    max_length: int = 512
+    train_rows: int = 20000  # rows generated for a task / read at most from a file
+    eval_rows: int = 200
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/run"
+    max_steps: int = 100
+    seed: int = 0
+    resume: bool = False
+    eval_every: int = 0  # 0: only at the end
+    save_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    loggers: tuple[str, ...] = ("jsonl",)
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def apply_lora(model, cfg: ModelConfig):
+    if cfg.lora_rank <= 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t for t in cfg.lora_targets if any(n.endswith(t) for n, _ in model.named_modules())]
+    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def build_optimizer(model, cfg: OptimConfig, max_steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, foreach=True)
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps)
+        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos
+
+    if cfg.schedule not in ("cosine", "constant"):
+        raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got '{cfg.schedule}'")
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class DataOrder:
+    """Shuffled passes over n items; the position (epoch, offset) is the whole resumable state."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, offset: int = 0):
+        self.n, self.seed, self.epoch, self.offset = n, seed, epoch, offset
+        self._perm = self._permutation()
+
+    def _permutation(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.offset >= self.n:
+                self.epoch, self.offset = self.epoch + 1, 0
+                self._perm = self._permutation()
+            step = min(k - len(out), self.n - self.offset)
+            out += self._perm[self.offset : self.offset + step]
+            self.offset += step
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+
+def exact_match_eval(
+    model, tokenizer, rows: list, verify: Callable[[str, str], bool], max_new_tokens: int = 32,
+    sequences_per_batch: int = 128,
+) -> dict:
+    """Greedy generation on `rows` (Examples with prompt and answer); share verified correct."""
+    engine = HFEngine(model, tokenizer, sequences_per_batch=sequences_per_batch)
+    prompts = [encode_prompt(tokenizer, ex.prompt) for ex in rows]
+    outs = engine.generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
+    texts = [o[0].text for o in outs]
+    correct = [bool(verify(t, ex.answer)) for t, ex in zip(texts, rows)]
+    return {
+        "accuracy": sum(correct) / max(1, len(correct)),
+        "mean_completion_tokens": sum(len(o[0].token_ids) for o in outs) / max(1, len(outs)),
+        "samples": [(ex.prompt, t, ex.answer, c) for ex, t, c in list(zip(rows, texts, correct))[:5]],
+    }
+
+
+def default_verifier(task=None) -> Callable[[str, str], bool]:
+    if task is not None:
+        return task.verify
+    from posttrain.rewards.math import answers_match, extract_answer
+
+    def verify(text: str, answer: str) -> bool:
+        pred = extract_answer(text)
+        return pred is not None and answers_match(pred, answer)
+
+    return verify
+
+
+def load_split(data_cfg: DataConfig, split: str, kind: str | None = None):
+    """Examples for `split` ('sft' | 'rl' | 'eval' | 'pref') and the task (None for file data).
+
+    `task:NAME[:k=v]` generates rows with the built-in task; anything else is read from a path.
+    """
+    from posttrain.data import load_examples
+    from posttrain.logging import console
+    from posttrain.tasks import load_task_spec
+
+    kind = kind or data_cfg.kind or None
+    if data_cfg.path.startswith("task:"):
+        task = load_task_spec(data_cfg.path[len("task:"):])
+        n = data_cfg.eval_rows if split == "eval" else data_cfg.train_rows
+        rows = {"sft": task.sft_rows, "rl": task.rl_rows, "eval": task.eval_rows}[split](n)
+        examples, _ = load_examples(rows, kind="verifiable" if split != "sft" else kind)
+        return examples, task
+    path = data_cfg.eval_path if split == "eval" else data_cfg.path
+    if not path:
+        return [], None
+    limit = data_cfg.eval_rows if split == "eval" else data_cfg.train_rows
+    examples, report = load_examples(path, kind=kind, columns=data_cfg.columns, on_error=data_cfg.on_error, limit=limit)
+    console.print(f"data: {report.summary()}")
+    for msg in report.first_errors:
+        console.print(f"  skipped: {msg}")
+    return examples, None

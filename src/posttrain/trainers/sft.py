@@ -1,0 +1,179 @@
+"""Supervised fine-tuning: completion-only loss, padding-free packing, exact gradient accumulation.
+
+One step takes `sequences_per_step` examples in a seeded, resumable order, splits them into
+micro-batches of `sequences_per_microbatch`, packs each micro-batch into rows of at most
+`tokens_per_row` tokens, and normalizes every micro-batch's summed NLL by the token count of the
+whole step — so 1x8, 2x4 and 8x1 splits give the same update, and packed equals unpacked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
+from posttrain.data import TokenizedExample, pack_rows, packed_batch, pad_batch, tokenize_sft
+from posttrain.logging import MetricsLogger, ProgressBar, console, warn
+from posttrain.losses.sft import sft_loss
+from posttrain.models import load_model_and_tokenizer
+from posttrain.ops import aggregate, token_logprobs
+from posttrain.trainers.common import (
+    DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, apply_lora, build_optimizer,
+    default_verifier, exact_match_eval, load_split, seed_everything,
+)
+
+
+@dataclass(frozen=True)
+class SFTOptions:
+    sequences_per_step: int = 64
+    sequences_per_microbatch: int = 64
+    pack: bool = True
+    tokens_per_row: int = 0  # packing row length; 0 = the longest example (attention cost stays near unpacked)
+    eval_max_new_tokens: int = 32
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/sft"))
+    sft: SFTOptions = field(default_factory=SFTOptions)
+
+
+def microbatch_loss(model, batch, num_loss_tokens: int) -> tuple[torch.Tensor, float]:
+    """Summed NLL of `batch` divided by the step's token count (so micro-batches add up exactly)."""
+    logits = model(**batch.model_inputs()).logits
+    mask = batch.labels != -100
+    nll, _ = sft_loss(token_logprobs(logits, batch.labels), mask)
+    return aggregate(nll, mask, "token-mean", num_tokens=num_loss_tokens), float(nll.detach().sum())
+
+
+def make_batches(examples: list[TokenizedExample], opts: SFTOptions, pad_id: int):
+    size = opts.sequences_per_microbatch
+    for i in range(0, len(examples), size):
+        chunk = examples[i : i + size]
+        yield packed_batch(pack_rows(chunk, opts.tokens_per_row), pad_id) if opts.pack else pad_batch(chunk, pad_id)
+
+
+class SFTTrainer:
+    def __init__(self, cfg: SFTConfig, model=None, tokenizer=None):
+        self.cfg = cfg
+        seed_everything(cfg.train.seed)
+        if model is None:
+            model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.model = apply_lora(model, cfg.model)
+        self.tokenizer = tokenizer
+        train, self.task = load_split(cfg.data, "sft")
+        self.train_examples = [tokenize_sft(tokenizer, ex, cfg.data.max_length) for ex in train]
+        truncated = sum(e.truncated for e in self.train_examples)
+        if truncated:
+            warn(f"{truncated}/{len(self.train_examples)} examples truncated to data.max_length={cfg.data.max_length}")
+        longest = max(len(e) for e in self.train_examples)
+        if cfg.sft.tokens_per_row == 0:
+            self.cfg = cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, tokens_per_row=longest))
+        elif cfg.sft.pack and longest > cfg.sft.tokens_per_row:
+            raise ValueError(f"sft.tokens_per_row={cfg.sft.tokens_per_row} is shorter than the longest example ({longest}); raise it or lower data.max_length")
+        self.eval_examples, _ = load_split(cfg.data, "eval")
+        self.verify = default_verifier(self.task) if self.eval_examples and self.eval_examples[0].answer else None
+        self.opt, self.sched = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
+        self.order = DataOrder(len(self.train_examples), cfg.train.seed)
+        self.run_dir = Path(cfg.train.out)
+        self.step = 0
+        if cfg.train.resume:
+            self._resume()
+        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+
+    def describe(self) -> dict:
+        c = self.cfg
+        n_params = sum(p.numel() for p in self.model.parameters())
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        tokens = sum(len(e) for e in self.train_examples)
+        return {
+            "parameters": n_params, "trainable_parameters": n_train, "train_examples": len(self.train_examples),
+            "train_tokens": tokens, "eval_examples": len(self.eval_examples),
+            "microbatches_per_step": -(-c.sft.sequences_per_step // c.sft.sequences_per_microbatch),
+            "epochs": c.train.max_steps * c.sft.sequences_per_step / max(1, len(self.train_examples)),
+        }
+
+    def _resume(self) -> None:
+        ck = latest_checkpoint(self.run_dir)
+        if ck is None:
+            warn(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
+            return
+        from posttrain.trainers.weights import load_weights_into
+
+        load_weights_into(self.model, ck)
+        st = load_state(ck)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.order = DataOrder(len(self.train_examples), self.cfg.train.seed, **st["data"])
+        set_rng_state(st["rng"])
+        self.step = st["step"]
+        console.print(f"resumed from {ck} at step {self.step}")
+
+    def save(self) -> Path:
+        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
+        return save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
+
+    def train_step(self) -> dict:
+        c = self.cfg
+        batch = [self.train_examples[i] for i in self.order.take(c.sft.sequences_per_step)]
+        n_loss = sum(sum(e.loss_mask[1:]) for e in batch)
+        self.model.train()
+        total = 0.0
+        for mb in make_batches(batch, c.sft, self.tokenizer.pad_token_id):
+            loss, nll_sum = microbatch_loss(self.model, mb, n_loss)
+            loss.backward()
+            total += nll_sum
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"step {self.step + 1}: gradient norm is {grad_norm} (loss {total / n_loss})")
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"loss": total / n_loss, "grad_norm": float(grad_norm), "lr": lr,
+                "tokens": sum(len(e) for e in batch), "loss_tokens": n_loss}
+
+    def evaluate(self) -> dict:
+        if not self.eval_examples or self.verify is None:
+            return {}
+        res = exact_match_eval(self.model, self.tokenizer, self.eval_examples, self.verify, self.cfg.sft.eval_max_new_tokens)
+        for prompt, text, answer, ok in res.pop("samples")[:2]:
+            console.print(f"  eval sample: {json.dumps(prompt)[:80]} -> {text!r} (answer {answer}, {'ok' if ok else 'wrong'})")
+        return {f"eval/{k}": v for k, v in res.items()}
+
+    def train(self) -> dict:
+        c = self.cfg
+        console.print(f"sft config: {json.dumps(dataclasses.asdict(c), default=str)}")
+        console.print(f"sft sizes: {json.dumps(self.describe())}")
+        last: dict = {}
+        t0, tok_done = time.perf_counter(), 0
+        with ProgressBar(c.train.max_steps, "sft", c.train.progress, start=self.step) as bar:
+            while self.step < c.train.max_steps:
+                m = self.train_step()
+                tok_done += m["tokens"]
+                m["tokens_per_s"] = tok_done / (time.perf_counter() - t0)
+                if c.train.eval_every and self.step % c.train.eval_every == 0 and self.step < c.train.max_steps:
+                    m.update(self.evaluate())
+                if self.step % c.train.log_every == 0 or "eval/accuracy" in m:
+                    self.logger.log(m, self.step)
+                if c.train.save_every and self.step % c.train.save_every == 0:
+                    self.save()
+                bar.update(self.step, loss=m["loss"], tok_s=m["tokens_per_s"])
+                last = m
+        final = self.evaluate()
+        if final:
+            self.logger.log(final, self.step)
+            console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+        path = self.save()
+        self.logger.close()
+        return {**last, **final, "checkpoint": str(path)}
