@@ -41,13 +41,6 @@ def _run_config_stage(cfg_cls, runner, args: list[str]):
     return runner(cfg)
 
 
-@stage("sft", "supervised fine-tuning (completion-only loss, packing, LoRA)")
-def _sft(args):
-    from posttrain.trainers.sft import SFTConfig, SFTTrainer
-
-    return _run_config_stage(SFTConfig, lambda cfg: SFTTrainer(cfg).train() and 0, args)
-
-
 @stage("demo", "the whole story on a tiny model: SFT -> eval -> report (no network)")
 def _demo(args):
     from posttrain.demo import DemoConfig, run_demo
@@ -69,16 +62,49 @@ def _doctor(args):
     return 0
 
 
-def _load_optional_stages() -> None:
-    """Stages living in other modules register themselves when importable."""
-    import importlib
+# Stage modules: each defines HELP (one line), CONFIG (a frozen dataclass of component configs)
+# and run(cfg) -> dict. Listed here so `posttrain --help` stays fast (modules import on use).
+STAGE_MODULES = {
+    "sft": "posttrain.trainers.sft",
+    "rm": "posttrain.trainers.reward",
+    "dpo": "posttrain.trainers.preference",
+    "rl": "posttrain.trainers.rl",
+    "prm": "posttrain.trainers.prm",
+    "eval": "posttrain.eval.harness",
+    "search": "posttrain.search.cli",
+}
 
-    for mod in ("posttrain.cli_stages",):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+
+def _load_optional_stages() -> None:
+    import importlib.util
+
+    for name, mod in sorted(STAGE_MODULES.items(), key=lambda kv: list(STAGE_MODULES).index(kv[0])):
+        if name in STAGES or importlib.util.find_spec(mod) is None:
+            continue
+
+        def runner(args, mod=mod):
+            import importlib
+
+            m = importlib.import_module(mod)
+            return _run_config_stage(m.CONFIG, lambda cfg: m.run(cfg) is not None and 0, args)
+
+        STAGES[name] = (_stage_help(mod), runner)
+
+
+def _stage_help(mod: str) -> str:
+    """The module's HELP line, read from its source without importing it."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(mod)
+    try:
+        tree = ast.parse(open(spec.origin).read())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "HELP" for t in node.targets):
+                return ast.literal_eval(node.value)
+    except (OSError, SyntaxError, ValueError):
+        pass
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

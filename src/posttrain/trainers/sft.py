@@ -177,3 +177,11 @@ class SFTTrainer:
         path = self.save()
         self.logger.close()
         return {**last, **final, "checkpoint": str(path)}
+
+
+HELP = "supervised fine-tuning (completion-only loss, packing, LoRA)"
+CONFIG = SFTConfig
+
+
+def run(cfg: SFTConfig) -> dict:
+    return SFTTrainer(cfg).train()
