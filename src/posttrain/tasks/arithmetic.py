@@ -17,17 +17,40 @@ from dataclasses import dataclass
 from posttrain.tasks.base import TASKS, Task, in_eval_split
 
 
-def scratchpad_steps(a: int, b: int) -> list[str]:
+def scratchpad_steps(a: int, b: int, drop_carry_at: int = -1, slip_digit_at: int = -1) -> list[str]:
+    """Column steps. Plausible slips for rejected solutions: `drop_carry_at` = i writes column i's
+    carry as 0; `slip_digit_at` = i writes column i's digit one too high (mod 10)."""
     da, db = str(a)[::-1], str(b)[::-1]
-    carry, steps = 0, []
+    carry, steps, digits = 0, [], []
     for i in range(max(len(da), len(db))):
         x = int(da[i]) if i < len(da) else 0
         y = int(db[i]) if i < len(db) else 0
         s = x + y + carry
-        steps.append(f"{x}+{y}+{carry}={s % 10} c{s // 10}")
-        carry = s // 10
-    steps.append(f"#### {a + b}")
+        out = 0 if i == drop_carry_at else s // 10
+        digit = (s + 1) % 10 if i == slip_digit_at else s % 10
+        steps.append(f"{x}+{y}+{carry}={digit} c{out}")
+        digits.append(digit)
+        carry = out
+    total = int((str(carry) if carry else "") + "".join(map(str, digits[::-1])))
+    steps.append(f"#### {total}")
     return steps
+
+
+def wrong_sum(a: int, b: int, rng: random.Random) -> int:
+    """A plausible wrong a+b: a dropped carry, one digit off by one, or two neighbouring digits swapped."""
+    right = a + b
+    no_carry = int("".join(str((int(x) + int(y)) % 10) for x, y in zip(str(a).zfill(len(str(b))), str(b).zfill(len(str(a))))))
+    text = str(right)
+    candidates = [no_carry] if no_carry != right else []
+    i = rng.randrange(len(text))
+    d = int(text[i]) + rng.choice((-1, 1))
+    if 0 <= d <= 9 and not (i == 0 and d == 0):
+        candidates.append(int(text[:i] + str(d) + text[i + 1:]))
+    j = rng.randrange(len(text) - 1) if len(text) > 1 else 0
+    swapped = text[:j] + text[j + 1 : j + 2] + text[j] + text[j + 2:] if len(text) > 1 else text
+    if swapped != text and swapped[0] != "0":
+        candidates.append(int(swapped))
+    return rng.choice(candidates) if candidates else right + 1
 
 
 _ANSWER = re.compile(r"####\s*(-?\d+)")
@@ -65,6 +88,31 @@ class Addition(Task):
 
     def eval_rows(self, n, seed=2):
         return [{"prompt": self._prompt(a, b), "answer": str(a + b)} for a, b in self._problems(n, seed, held_out=True)]
+
+    def preference_rows(self, n: int, seed: int = 3, held_out: bool = False) -> list[dict]:
+        """(prompt, chosen, rejected) rows: the right solution against a plausible wrong one.
+
+        The wrong sum comes from one of three slips, picked at random: a dropped carry, one digit
+        off by one, or two neighbouring digits swapped; with the scratchpad the carry is dropped
+        at one column and every later line (and the answer) follows from the slip.
+        """
+        rng = random.Random(seed)
+        rows = []
+        for a, b in self._problems(n, seed, held_out):
+            chosen = self.completion(a, b)
+            rejected = self._wrong_completion(a, b, rng)
+            rows.append({"prompt": self._prompt(a, b), "chosen": [{"role": "assistant", "content": chosen}],
+                         "rejected": [{"role": "assistant", "content": rejected}], "answer": str(a + b)})
+        return rows
+
+    def _wrong_completion(self, a: int, b: int, rng: random.Random) -> str:
+        if not self.scratchpad:
+            return str(wrong_sum(a, b, rng))
+        right = scratchpad_steps(a, b)
+        carries = [i for i, step in enumerate(right[:-1]) if step.endswith("c1")]
+        if carries and rng.random() < 0.5:
+            return "\n".join(scratchpad_steps(a, b, drop_carry_at=rng.choice(carries)))
+        return "\n".join(scratchpad_steps(a, b, slip_digit_at=rng.randrange(len(right) - 1)))
 
     def extract(self, completion: str) -> str | None:
         m = _ANSWER.search(completion)

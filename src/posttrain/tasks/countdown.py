@@ -7,6 +7,7 @@ Problems are generated from a random expression over the numbers, so each has a 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from posttrain.rewards.countdown import check_countdown, extract_equation
@@ -27,6 +28,22 @@ def _random_solution(rng: random.Random, nums: list[int]) -> tuple[str, int]:
         expr = f"({expr}){op}{x}" if op == "*" and ("+" in expr or "-" in expr) else f"{expr}{op}{x}"
         value = value + x if op == "+" else value - x if op == "-" else value * x
     return expr, value
+
+
+def _near_miss(expr: str, answer: str, verify, rng: random.Random) -> str:
+    """`expr` with one operator swapped or one number moved by one, chosen so it fails `verify`."""
+    ops = [i for i, ch in enumerate(expr) if ch in "+-*"]
+    nums = [m.span() for m in re.finditer(r"\d+", expr)]
+    for _ in range(20):
+        if ops and rng.random() < 0.5:
+            i = rng.choice(ops)
+            cand = expr[:i] + rng.choice([o for o in "+-*" if o != expr[i]]) + expr[i + 1:]
+        else:
+            a, b = rng.choice(nums)
+            cand = expr[:a] + str(max(1, int(expr[a:b]) + rng.choice((-1, 1)))) + expr[b:]
+        if cand != expr and not verify(cand, answer):
+            return cand
+    return f"{expr}+1"
 
 
 @dataclass
@@ -63,6 +80,18 @@ class Countdown(Task):
 
     def eval_rows(self, n, seed=2):
         return [self._row(nums, t) for nums, t, _ in self._problems(n, seed, True)]
+
+    def preference_rows(self, n: int, seed: int = 3, held_out: bool = False) -> list[dict]:
+        """(prompt, chosen, rejected) rows: the known solution against a near miss that fails the
+        verifier (one operator changed, or one number off by one)."""
+        rng = random.Random(seed)
+        rows = []
+        for nums, t, expr in self._problems(n, seed, held_out):
+            row = self._row(nums, t)
+            wrong = _near_miss(expr, row["answer"], self.verify, rng)
+            rows.append({**row, "chosen": [{"role": "assistant", "content": expr}],
+                         "rejected": [{"role": "assistant", "content": wrong}]})
+        return rows
 
     def verify(self, completion: str, answer: str) -> bool:
         target, _, nums = answer.partition("|")
