@@ -129,11 +129,17 @@ def vote(
     return VoteResult(reps[best], totals[best], classes)
 
 
-def maj_at_k(answers: Sequence[str | None], gold: str, k: int, match: Match = canonical_match) -> float:
-    """1.0 if the plurality answer of the first k samples matches `gold`, else 0.0."""
+def maj_at_k(
+    answers: Sequence[str | None], gold: str, k: int, match: Match = canonical_match, group: Match | None = None
+) -> float:
+    """1.0 if the plurality answer of the first k samples matches `gold`, else 0.0.
+
+    `group` decides which predicted answers share a voting class (default: `match`); pass it when
+    answers are checked against the gold differently from how they are compared with each other
+    (e.g. Countdown: equations are grouped as strings but checked by evaluating them)."""
     if not (1 <= k <= len(answers)):
         raise ValueError(f"maj_at_k: need 1 <= k <= len(answers)={len(answers)}, got k={k}")
-    winner = vote(answers[:k], match=match).answer
+    winner = vote(answers[:k], match=group or match).answer
     return 1.0 if winner is not None and match(winner, gold) else 0.0
 
 
@@ -188,7 +194,8 @@ def _is_correct(sample: Sample, gold: str, match: Match) -> bool:
 
 
 def aggregate_metrics(
-    problems: Sequence[ProblemSamples], ks: Sequence[int] = (1,), match: Match = canonical_match
+    problems: Sequence[ProblemSamples], ks: Sequence[int] = (1,), match: Match = canonical_match,
+    group: Match | None = None,
 ) -> EvalMetrics:
     """Mean greedy accuracy, pass@k, maj@k, mean@k (for each k in `ks`) and average tokens.
 
@@ -210,7 +217,7 @@ def aggregate_metrics(
         count += len(p.samples)
         for k in ks:
             pass_at[k] += pass_at_k(len(correct), sum(correct), k)
-            maj_at[k] += maj_at_k(answers, p.gold, k, match=match)
+            maj_at[k] += maj_at_k(answers, p.gold, k, match=match, group=group)
             mean_at[k] += mean_at_k(correct, k)
     m = len(problems)
     has_greedy = all(p.greedy is not None for p in problems)

@@ -69,8 +69,13 @@ class Policy:
     engine: RolloutEngine
     tokenizer: Tokenizer
     tokens_spent: int = 0
+    chat: bool = False  # render the prompt as one user message with the tokenizer's chat template
 
     def encode_prompt(self, prompt: str) -> list[int]:
+        if self.chat:
+            from posttrain.data import encode_prompt
+
+            return list(encode_prompt(self.tokenizer, [{"role": "user", "content": prompt}]))
         return list(self.tokenizer.encode(prompt))
 
     def encode_forced(self, text: str) -> list[int]:
