@@ -1,0 +1,480 @@
+"""Online RL with verifiable rewards: the PPO / GRPO family and online DPO, one `step()`.
+
+    rollout -> score -> reference (old / ref logprobs, values) -> advantages -> update -> sync weights
+
+Papers: PPO (Schulman et al. 2017), GRPO (Shao et al. 2024, "DeepSeekMath"), Dr. GRPO (Liu et al.
+2025), DAPO (Yu et al. 2025), RLOO (Ahmadian et al. 2024), REINFORCE++ (Hu 2025), ReMax (Li et al.
+2023), online DPO (Guo et al. 2024). Each `--algo` is a preset over independent axes
+(`rl_presets`); the objective pieces live in `advantages`, `losses.policy`, `losses.value`,
+`losses.preference` and `ops`, so this file only composes them.
+
+Units: a step samples `prompts_per_step` prompts x `samples_per_prompt` completions; the batch is
+cut into `minibatches_per_rollout` optimizer steps, repeated `epochs_per_rollout` times, each
+accumulated over micro-batches of `sequences_per_microbatch` sequences. Every micro-batch loss is
+normalized by its mini-batch's token / sequence counts, so the update does not depend on the
+micro-batch split.
+
+Departures / choices:
+- The old-policy logprobs are recomputed by the trainer (not taken from the engine); with a single
+  optimizer step per rollout and no KL-in-reward they are the detached logprobs of the update's own
+  forward pass (identical values, one forward pass saved). The engine/trainer mismatch is logged.
+- Dynamic sampling (DAPO) drops zero-variance groups and samples new prompts, at most
+  `max_refill_rounds` extra rounds; a step with fewer groups trains on what it has and says so.
+- KL in the reward: per-token -beta*kl for token-level estimators (REINFORCE++, GAE), else the
+  sequence reward minus beta * sum_t kl_t.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from posttrain.advantages import compute_advantages, zero_std_group_fraction
+from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
+from posttrain.data import encode_prompt
+from posttrain.logging import MetricsLogger, ProgressBar, console, warn
+from posttrain.models import load_model_and_tokenizer
+from posttrain.ops import aggregate, kl_estimate, masked_mean
+from posttrain.rewards import make_overlong_penalty
+from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.trainers.common import (
+    DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, apply_lora, build_optimizer,
+    default_verifier, exact_match_eval, load_split, seed_everything,
+)
+from posttrain.trainers.rl_batch import (
+    RolloutBatch, ValueModel, batched_no_grad, build_reward_fns, collate_completions, is_empty_prompt,
+    policy_forward, prompt_text, score,
+)
+from posttrain.trainers.rl_presets import GROUP_ESTIMATORS, TOKEN_REWARD_ESTIMATORS, Algorithm, resolve_algorithm
+from posttrain.trainers.rl_update import (
+    health_warnings, merge_stats, mismatch_stats, update_dpo, update_policy, update_value,
+)
+
+
+@dataclass(frozen=True)
+class RLOptions:
+    algo: str = "grpo"  # grpo | dr_grpo | dapo | rloo | reinforce_pp | remax | ppo | online_dpo
+    prompts_per_step: int = 16
+    samples_per_prompt: int = 8
+    sequences_per_microbatch: int = 64
+    minibatches_per_rollout: int = 1  # optimizer steps per pass over a rollout batch
+    epochs_per_rollout: int = 1  # passes over a rollout batch (stored old logprobs)
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    engine: str = "hf"  # hf | vllm
+    rollout_sequences_per_batch: int = 256
+    max_refill_rounds: int = 3  # dynamic sampling: extra sampling rounds per step
+    reward: str = ""  # comma list of task, math, format, countdown, exact; empty: the task's verifier / math
+    reward_weights: dict[str, float] = field(default_factory=dict)
+    reward_timeout_s: float = 60.0
+    show_every: int = 10  # print example completions every N steps (0: never)
+    eval_max_new_tokens: int = 0  # 0: max_new_tokens
+    min_entropy: float = 0.01  # warn below (entropy collapse)
+    max_kl: float = 1.0  # warn above (KL blow-up)
+    # axes: None = the preset's value (see rl_presets)
+    estimator: str | None = None
+    loss: str | None = None
+    reducer: str | None = None
+    kl_placement: str | None = None
+    kl_estimator: str | None = None
+    kl_coef: float | None = None
+    clip_low: float | None = None
+    clip_high: float | None = None
+    dual_clip: float | None = None
+    entropy_coef: float | None = None
+    dynamic_sampling: bool | None = None
+    overlong_buffer: int | None = None
+    mask_truncated: bool | None = None
+    gamma: float | None = None
+    lam: float | None = None
+    vf_coef: float | None = None
+    dpo_beta: float | None = None
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(on_error="skip", train_rows=2000))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, schedule="constant"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/rl", max_steps=50))
+    rl: RLOptions = field(default_factory=RLOptions)
+
+
+def algorithm_of(opts: RLOptions) -> Algorithm:
+    axes = {f.name for f in dataclasses.fields(Algorithm)}
+    overrides = {k: v for k, v in dataclasses.asdict(opts).items() if k in axes}
+    return resolve_algorithm(opts.algo, overrides, opts.max_new_tokens)
+
+
+class RLTrainer:
+    def __init__(self, cfg: RLConfig, model=None, tokenizer=None, reward_fns=None):
+        """reward_fns: optional [(fn, weight)] replacing rl.reward (custom rewards from Python)."""
+        self.cfg, c = cfg, cfg.rl
+        self.alg = algorithm_of(c)
+        if c.minibatches_per_rollout < 1 or c.epochs_per_rollout < 1 or c.samples_per_prompt < 1:
+            raise ValueError("minibatches_per_rollout, epochs_per_rollout and samples_per_prompt must be >= 1")
+        if self.alg.loss == "dpo" and c.samples_per_prompt < 2:
+            raise ValueError("online_dpo needs samples_per_prompt >= 2 (a pair per prompt)")
+        seed_everything(cfg.train.seed)
+        if model is None:
+            model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
+        self.model, self.tokenizer = apply_lora(model, cfg.model), tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._load_data(reward_fns)
+        self.ref = self._frozen_copy(self.model) if self.alg.needs_reference else None
+        self.critic = ValueModel(self.model) if self.alg.value_model else None
+        total_updates = cfg.train.max_steps * c.minibatches_per_rollout * c.epochs_per_rollout
+        self.opt, self.sched = build_optimizer(self.model, cfg.optim, total_updates)
+        self.critic_opt = build_optimizer(self.critic, cfg.optim, total_updates)[0] if self.critic else None
+        self.engine = self._build_engine()
+        self.run_dir, self.step_num = Path(cfg.train.out), 0
+        self.counts: Counter = Counter()  # cumulative bad-case counts
+        self._warned: Counter = Counter()
+        self.history: list[dict] = []
+        if cfg.train.resume:
+            self._resume()
+        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+
+    # ------------------------------------------------------------------ set-up
+    def _load_data(self, reward_fns) -> None:
+        cfg, c = self.cfg, self.cfg.rl
+        rows, self.task = load_split(cfg.data, "rl")
+        max_prompt = cfg.data.max_length - c.max_new_tokens
+        self.rows, self.prompt_ids, self.load_counts = [], [], Counter()
+        for ex in rows:
+            ids = [] if is_empty_prompt(ex) else encode_prompt(self.tokenizer, ex.prompt)
+            if not ids:
+                self.load_counts["empty_prompt"] += 1
+            elif len(ids) > max_prompt:
+                self.load_counts["prompt_too_long"] += 1
+            else:
+                self.rows.append(ex)
+                self.prompt_ids.append(ids)
+        if self.load_counts:
+            warn(f"rl data: skipped {dict(self.load_counts)} of {len(rows)} rows (empty prompts / longer than data.max_length - max_new_tokens = {max_prompt})")
+        if not self.rows:
+            raise ValueError(f"rl data '{cfg.data.path}': no usable prompts ({dict(self.load_counts)})")
+        self.reward_fns = list(reward_fns) if reward_fns else build_reward_fns(c.reward, c.reward_weights, self.task)
+        if self.alg.overlong_buffer > 0:
+            self.reward_fns.append((make_overlong_penalty(c.max_new_tokens, self.alg.overlong_buffer), self.alg.overlong_penalty))
+        self.eval_rows = load_split(cfg.data, "eval")[0] if cfg.data.eval_rows > 0 else []
+        self.verify = default_verifier(self.task)
+        self.order = DataOrder(len(self.rows), cfg.train.seed)
+
+    @staticmethod
+    def _frozen_copy(model):
+        import copy
+
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    def _build_engine(self):
+        c = self.cfg.rl
+        if c.engine == "hf":
+            return HFEngine(self.model, self.tokenizer, sequences_per_batch=c.rollout_sequences_per_batch)
+        if c.engine == "vllm":
+            from posttrain.rollout.vllm import VLLMEngine, import_vllm
+
+            import_vllm()
+            folder = Path(self.cfg.train.out) / "vllm-init"
+            self.model.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+            engine = VLLMEngine(str(folder), seed=self.cfg.train.seed)
+            engine.update_weights(self.model)
+            return engine
+        raise ValueError(f"rl.engine must be 'hf' or 'vllm', got '{c.engine}'")
+
+    def describe(self) -> dict:
+        c = self.cfg.rl
+        n = c.prompts_per_step * c.samples_per_prompt
+        return {
+            "algorithm": dataclasses.asdict(self.alg), "prompts": len(self.rows), "eval_prompts": len(self.eval_rows),
+            "sequences_per_step": n, "sequences_per_minibatch": -(-n // c.minibatches_per_rollout),
+            "optimizer_steps_per_rollout": c.minibatches_per_rollout * c.epochs_per_rollout,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "rewards": [getattr(f, "__name__", str(f)) + f" x{w}" for f, w in self.reward_fns],
+            "reference_model": self.ref is not None, "value_model": self.critic is not None,
+        }
+
+    # ------------------------------------------------------------------ the step
+    def step(self) -> dict:
+        """One rollout batch: rollout -> score -> reference -> advantages -> update -> sync."""
+        m: dict = {}
+        t0 = time.perf_counter()
+        batch = self.collect(m)  # rollout + score (+ dynamic sampling refills)
+        m["time/rollout_s"] = time.perf_counter() - t0
+        if batch is None:
+            self.step_num += 1
+            return m
+        self.reference(batch, m)  # old-policy / reference logprobs, values
+        self.advantages(batch, m)  # (KL-shaped) rewards -> advantages
+        t1 = time.perf_counter()
+        m.update(self.update(batch))  # epochs x minibatches optimizer steps
+        self.engine.update_weights(self.model)  # sync weights (on-policy rollouts)
+        m["time/update_s"] = time.perf_counter() - t1
+        self.step_num += 1
+        m["completions_per_s"] = len(batch) / (time.perf_counter() - t0)
+        return m
+
+    def _sample(self, n_prompts: int, round_: int):
+        c = self.cfg.rl
+        idx = self.order.take(n_prompts)
+        params = SamplingParams(n=c.samples_per_prompt, temperature=c.temperature, top_p=c.top_p,
+                                max_new_tokens=c.max_new_tokens, stop=tuple(c.stop),
+                                seed=self.cfg.train.seed * 1_000_003 + self.step_num * 97 + round_)
+        outs = self.engine.generate([self.prompt_ids[i] for i in idx], params)
+        return idx, outs
+
+    def collect(self, m: dict) -> RolloutBatch | None:
+        """Rollout and score groups; with dynamic sampling keep only groups with reward spread."""
+        c, alg = self.cfg.rl, self.alg
+        kept: list[tuple[int, list, torch.Tensor, object]] = []  # (row index, completions, rewards, reward output)
+        stats = Counter()
+        for round_ in range(1 + (c.max_refill_rounds if alg.dynamic_sampling else 0)):
+            need = c.prompts_per_step - len(kept)
+            if need <= 0:
+                break
+            idx, outs = self._sample(need, round_)
+            flat = [comp for group in outs for comp in group]
+            rows = [self.rows[i] for i in idx for _ in range(c.samples_per_prompt)]
+            out = score(self.reward_fns, rows, flat, c.reward_timeout_s)
+            self._count_reward_failures(out, stats)
+            stats["sampled_groups"] += len(idx)
+            for g, i in enumerate(idx):
+                r = out.total[g * c.samples_per_prompt : (g + 1) * c.samples_per_prompt]
+                if alg.dynamic_sampling and (r.max() - r.min()) == 0:
+                    stats["dropped_groups"] += 1
+                    continue
+                kept.append((i, outs[g], r, out))
+        m.update({f"reward/{k}": v for k, v in stats.items()})
+        if alg.dynamic_sampling:
+            m["dynamic_sampling/kept_groups"] = len(kept)
+            if len(kept) < c.prompts_per_step:
+                self._warn("refill", f"dynamic sampling kept {len(kept)}/{c.prompts_per_step} groups after {c.max_refill_rounds} refills")
+        if not kept:
+            self._warn("no_groups", "no group with reward variance this step: nothing to learn, update skipped")
+            return None
+        return self._make_batch(kept[: c.prompts_per_step], m)
+
+    def _make_batch(self, kept, m: dict) -> RolloutBatch:
+        c = self.cfg.rl
+        rows = [self.rows[i] for i, *_ in kept for _ in range(c.samples_per_prompt)]
+        prompt_ids = [self.prompt_ids[i] for i, *_ in kept for _ in range(c.samples_per_prompt)]
+        completions = [comp for _, group, *_ in kept for comp in group]
+        ids, tmask, lmask, rlp, trunc = collate_completions(completions, self.pad_id, self.alg.mask_truncated)
+        groups = torch.arange(len(kept)).repeat_interleave(c.samples_per_prompt)
+        rewards = torch.cat([r for _, _, r, _ in kept])
+        batch = RolloutBatch(rows, prompt_ids, completions, ids, tmask, lmask, rlp, trunc, groups, rewards)
+        if self.alg.estimator == "remax" and self.alg.loss != "dpo":
+            batch.baseline = self._greedy_baseline([i for i, *_ in kept]).repeat_interleave(c.samples_per_prompt)
+        m.update(self._batch_stats(batch))
+        if c.show_every and (self.step_num % c.show_every == 0):
+            self._show(batch)
+        return batch
+
+    def _greedy_baseline(self, idx: list[int]) -> torch.Tensor:
+        c = self.cfg.rl
+        outs = self.engine.generate([self.prompt_ids[i] for i in idx], SamplingParams(n=1, temperature=0.0, max_new_tokens=c.max_new_tokens, stop=tuple(c.stop)))
+        return score(self.reward_fns, [self.rows[i] for i in idx], [o[0] for o in outs], c.reward_timeout_s).total
+
+    def reference(self, batch: RolloutBatch, m: dict) -> None:
+        """No-grad passes: old-policy logprobs (when needed), reference logprobs, critic values."""
+        c, alg = self.cfg.rl, self.alg
+        size, temp = c.sequences_per_microbatch, c.temperature
+        fused = c.minibatches_per_rollout * c.epochs_per_rollout == 1 and alg.kl_placement != "reward" and alg.loss != "dpo"
+        if not fused:
+            batch.old_logp = batched_no_grad(lambda p, x, k: policy_forward(self.model, p, x, k, self.pad_id, temp, "none")[0], batch, size)
+            m.update(mismatch_stats(batch.old_logp, batch))
+        if self.ref is not None:
+            batch.ref_logp = batched_no_grad(lambda p, x, k: policy_forward(self.ref, p, x, k, self.pad_id, temp, "none")[0], batch, size)
+        if self.critic is not None:
+            batch.values = batched_no_grad(lambda p, x, k: self.critic(p, x, k, self.pad_id), batch, size)
+
+    def advantages(self, batch: RolloutBatch, m: dict) -> None:
+        alg = self.alg
+        if alg.loss == "dpo":
+            return
+        rewards, token_rewards = batch.rewards, None
+        if alg.kl_placement == "reward" and batch.ref_logp is not None:
+            kl = kl_estimate(batch.old_logp, batch.ref_logp, alg.kl_estimator) * batch.token_mask
+            m["kl_in_reward"] = float(masked_mean(kl, batch.token_mask))
+            if alg.estimator in TOKEN_REWARD_ESTIMATORS:
+                token_rewards = -alg.kl_coef * kl
+            else:
+                rewards = rewards - alg.kl_coef * kl.sum(-1)
+        adv, ret = compute_advantages(
+            alg.estimator, rewards, batch.group_ids, baseline_rewards=batch.baseline, values=batch.values,
+            token_rewards=token_rewards, mask=batch.token_mask, gamma=alg.gamma, lam=alg.lam,
+        )
+        if alg.whiten_advantages and adv.dim() == 2:
+            mean, std = masked_mean(adv, batch.loss_mask), masked_mean((adv - masked_mean(adv, batch.loss_mask)) ** 2, batch.loss_mask).sqrt()
+            adv = (adv - mean) / (std + 1e-8) * batch.loss_mask
+        batch.advantages, batch.returns = adv, ret
+        m["advantage_abs_mean"] = float(adv.abs().mean())
+
+    def update(self, batch: RolloutBatch) -> dict:
+        c, stats = self.cfg.rl, []
+        n = len(batch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed + self.step_num)).tolist()
+        if self.alg.loss == "dpo":  # pairs stay whole: mini-batches are cut over groups, not sequences
+            order = list(range(n))
+        per = -(-n // c.minibatches_per_rollout)
+        if self.alg.loss == "dpo":
+            per = -(-n // c.minibatches_per_rollout // c.samples_per_prompt) * c.samples_per_prompt
+        for _ in range(c.epochs_per_rollout):
+            for s in range(0, n, per):
+                stats.append(self._optimizer_step(batch, sorted(order[s : s + per])))
+        return merge_stats(stats)
+
+    def _optimizer_step(self, batch: RolloutBatch, idx: list[int]) -> dict:
+        c = self.cfg.rl
+        self.model.train()
+        if self.alg.loss == "dpo":
+            st = update_dpo(self.model, batch, idx, self.alg, self.pad_id, c.temperature, c.sequences_per_microbatch, c.samples_per_prompt)
+        else:
+            st = update_policy(self.model, batch, idx, self.alg, self.pad_id, c.temperature, c.sequences_per_microbatch, c.max_new_tokens)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"rl step {self.step_num + 1}: gradient norm is {float(grad_norm)} (loss {st.get('loss')})")
+        st["grad_norm"], st["lr"] = float(grad_norm), self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.critic is not None:
+            st.update(update_value(self.critic, self.critic_opt, batch, idx, self.alg, self.pad_id, c.sequences_per_microbatch, self.cfg.optim.max_grad_norm))
+        return st
+
+    # ------------------------------------------------------------------ health and logging
+    def _count_reward_failures(self, out, stats: Counter) -> None:
+        for kind in ("errors", "timeouts", "nans", "missing"):
+            k = sum(getattr(out, kind).values())
+            stats[kind] += k
+            self.counts[f"reward_{kind}"] += k
+        for kind in ("errors", "timeouts", "nans"):
+            bad = {name: v for name, v in getattr(out, kind).items() if v}
+            if bad:
+                self._warn(f"reward_{kind}", f"reward {kind}: {bad} (scored as 0.0; total so far {self.counts[f'reward_{kind}']})")
+
+    def _batch_stats(self, batch: RolloutBatch) -> dict:
+        r = batch.rewards
+        lengths = batch.token_mask.sum(-1).float()
+        return {
+            "reward_mean": float(r.mean()), "reward_std": float(r.std()) if len(r) > 1 else 0.0,
+            "truncated_share": float(batch.truncated.float().mean()),
+            "zero_variance_group_share": float(zero_std_group_fraction(r, batch.group_ids)),
+            "completion_tokens_mean": float(lengths.mean()), "completion_tokens_max": float(lengths.max()),
+        }
+
+    def _show(self, batch: RolloutBatch) -> None:
+        for i in range(min(2, len(batch))):
+            console.print(f"  [step {self.step_num + 1}] {prompt_text(batch.rows[i])[:80]!r} -> "
+                          f"{batch.completions[i].text[:160]!r} reward {float(batch.rewards[i]):.3g}")
+
+    def _warn(self, kind: str, msg: str) -> None:
+        self._warned[kind] += 1
+        n = self._warned[kind]
+        if n == 1 or n % 10 == 0:
+            warn(f"step {self.step_num + 1}: {msg}" + (f" (seen {n} times)" if n > 1 else ""))
+
+    def evaluate(self) -> dict:
+        if not self.eval_rows:
+            return {}
+        n = self.cfg.rl.eval_max_new_tokens or self.cfg.rl.max_new_tokens
+        res = exact_match_eval(self.model, self.tokenizer, self.eval_rows, self.verify, n, self.cfg.rl.rollout_sequences_per_batch)
+        res.pop("samples")
+        return {f"eval/{k}": v for k, v in res.items()}
+
+    # ------------------------------------------------------------------ loop and checkpoints
+    def train(self) -> dict:
+        c = self.cfg
+        console.print(f"rl config: {json.dumps(dataclasses.asdict(c), default=str)}")
+        console.print(f"rl sizes: {json.dumps(self.describe(), default=str)}")
+        before = self.evaluate() if c.train.eval_every >= 0 else {}
+        if before:
+            console.print(f"eval before RL: {json.dumps({k: round(v, 4) for k, v in before.items()})}")
+            self.logger.log(before, self.step_num)
+        last: dict = {}
+        with ProgressBar(c.train.max_steps, f"rl/{c.rl.algo}", c.train.progress, start=self.step_num) as bar:
+            while self.step_num < c.train.max_steps:
+                m = self.step()
+                for msg in health_warnings(m, self.alg, c.rl.min_entropy, c.rl.max_kl):
+                    self._warn(msg.split(":")[0], msg)
+                if c.train.eval_every > 0 and self.step_num % c.train.eval_every == 0 and self.step_num < c.train.max_steps:
+                    m.update(self.evaluate())
+                self.history.append({"step": self.step_num, **{k: v for k, v in m.items() if isinstance(v, (int, float))}})
+                if self.step_num % c.train.log_every == 0 or "eval/accuracy" in m:
+                    self.logger.log(m, self.step_num)
+                if c.train.save_every and self.step_num % c.train.save_every == 0:
+                    self.save()
+                bar.update(self.step_num, reward=m.get("reward_mean", float("nan")), kl=m.get("kl", 0.0))
+                last = m
+        final = self.evaluate()
+        if final:
+            self.logger.log(final, self.step_num)
+            console.print(f"eval after RL: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+        if self.counts or self.load_counts:
+            console.print(f"rl bad cases: {json.dumps({**dict(self.counts), **dict(self.load_counts)})}")
+        path = self.save()
+        self.logger.close()
+        return {**last, **{f"before/{k}": v for k, v in before.items()}, **final, "checkpoint": str(path),
+                "bad_cases": {**dict(self.counts), **dict(self.load_counts)}}
+
+    def save(self) -> Path:
+        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
+        if self.critic is not None:
+            state.update(critic=self.critic.state_dict(), critic_optimizer=self.critic_opt.state_dict())
+        return save_checkpoint(self.run_dir, self.step_num, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
+
+    def _resume(self) -> None:
+        ck = latest_checkpoint(self.run_dir)
+        if ck is None:
+            warn(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
+            return
+        from posttrain.trainers.weights import load_weights_into
+
+        load_weights_into(self.model, ck)
+        st = load_state(ck)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        if self.critic is not None:
+            self.critic.load_state_dict(st["critic"])
+            self.critic_opt.load_state_dict(st["critic_optimizer"])
+        self.order = DataOrder(len(self.rows), self.cfg.train.seed, **st["data"])
+        set_rng_state(st["rng"])
+        self.step_num = st["step"]
+        self.engine.update_weights(self.model)
+        console.print(f"resumed from {ck} at step {self.step_num}")
+
+
+HELP = "online RL with verifiable rewards (--algo grpo|dr_grpo|dapo|rloo|reinforce_pp|remax|ppo|online_dpo)"
+CONFIG = RLConfig
+
+
+def run(cfg: RLConfig) -> dict:
+    return RLTrainer(cfg).train()
+
+
+def run_rl_stage(model, tokenizer, cfg: RLConfig, reward_fns=None) -> dict:
+    """Train `model` in place with online RL (for `posttrain demo`: SFT -> RL -> eval).
+
+    Returns the final metrics plus ``eval_before`` / ``eval_after`` (greedy held-out accuracy) and
+    ``curves`` (per-step ``step``, ``reward_mean``, ``completion_tokens_mean``) for plots.
+    """
+    trainer = RLTrainer(cfg, model=model, tokenizer=tokenizer, reward_fns=reward_fns)
+    out = trainer.train()
+    keys = ("step", "reward_mean", "completion_tokens_mean", "kl", "entropy", "truncated_share")
+    out["curves"] = {k: [h.get(k, float("nan")) for h in trainer.history] for k in keys}
+    out["eval_before"] = out.get("before/eval/accuracy")
+    out["eval_after"] = out.get("eval/accuracy")
+    out["model"] = trainer.model
+    return out

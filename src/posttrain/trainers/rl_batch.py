@@ -1,0 +1,202 @@
+"""Typed data of the online RL step and the pieces that fill it: rollout groups, rewards, batched
+forward passes (policy logprobs, reference logprobs, critic values).
+
+Shapes: N sequences (prompts_per_step * samples_per_prompt), T = the longest completion in the
+batch. Token ids go from the rollout engine into `RolloutBatch.completion` unchanged; the trainer
+never decodes and re-encodes them. Sequences are laid out as [left-padded prompt | right-padded
+completion] with position ids from the attention mask, the layout the HF engine sampled with, so
+logits at positions P-1 .. P+T-2 score the T completion tokens.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from posttrain.data import Example
+from posttrain.ops import entropy_from_logits, token_logprobs
+from posttrain.rewards import combine_rewards, countdown_reward, exact_match, make_format_reward, math_reward
+from posttrain.rewards.base import RewardOutput
+from posttrain.rollout import Completion
+
+
+@dataclass
+class RolloutBatch:
+    """N completions of G prompts (each prompt's completions share a group id).
+
+    prompt_ids: N lists of prompt token ids; completion: (N, T) long, pad where token_mask is 0.
+    token_mask: (N, T) bool, generated tokens; loss_mask: (N, T) bool, tokens that are trained
+      (token_mask minus truncated completions when those are masked).
+    rollout_logp: (N, T) float, the engine's sampling logprobs.
+    truncated: (N,) bool, hit max_new_tokens. group_ids: (N,) long.
+    rewards: (N,) the combined reward; baseline: (N,) greedy-rollout reward (ReMax) or None.
+    Filled later in the step: old_logp / ref_logp / values (N, T), advantages (N,) or (N, T), returns.
+    """
+
+    rows: list[Example]
+    prompt_ids: list[list[int]]
+    completions: list[Completion]
+    completion: torch.Tensor
+    token_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    rollout_logp: torch.Tensor
+    truncated: torch.Tensor
+    group_ids: torch.Tensor
+    rewards: torch.Tensor
+    baseline: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+def prompt_text(ex: Example) -> str:
+    return ex.prompt if isinstance(ex.prompt, str) else "\n".join(m["content"] for m in ex.prompt)
+
+
+def is_empty_prompt(ex: Example) -> bool:
+    return ex.prompt is None or not prompt_text(ex).strip()
+
+
+def reward_columns(rows: list[Example], completions: list[Completion]) -> dict[str, list]:
+    """Dataset columns aligned with completions: answer, extra row fields, token lengths."""
+    cols: dict[str, list] = {"answer": [ex.answer for ex in rows]}
+    for key in {k for ex in rows for k in ex.extra}:
+        cols[key] = [ex.extra.get(key) for ex in rows]
+    cols["completion_lengths"] = [len(c.token_ids) for c in completions]
+    return cols
+
+
+def score(reward_fns, rows: list[Example], completions: list[Completion], timeout_s: float) -> RewardOutput:
+    prompts = [prompt_text(ex) for ex in rows]
+    return combine_rewards(reward_fns, prompts, [c.text for c in completions], reward_columns(rows, completions), timeout_s=timeout_s)
+
+
+def make_task_reward(task) -> Callable:
+    """The task's verifier as a reward: 1 / 0, None when no answer can be extracted."""
+    extract = getattr(task, "extract", None)
+    if extract is None and task.name == "countdown":
+        from posttrain.rewards.countdown import extract_equation as extract
+
+    def task_reward(prompts, completions, *, answer, **_columns):
+        return [None if extract is not None and extract(c) is None else float(task.verify(c, a))
+                for c, a in zip(completions, answer, strict=True)]
+
+    task_reward.__name__ = f"{task.name}_verifier"
+    return task_reward
+
+
+NAMED_REWARDS: dict[str, Callable[[], Callable]] = {
+    "math": lambda: math_reward,
+    "format": make_format_reward,
+    "countdown": lambda: countdown_reward,
+    "exact": lambda: exact_match,
+}
+
+
+def build_reward_fns(names: str, weights: dict, task) -> list[tuple[Callable, float]]:
+    """`names` ('math,format'), or empty: the task's verifier for built-in tasks, math otherwise."""
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:
+        return [(make_task_reward(task), 1.0)] if task is not None else [(math_reward, 1.0)]
+    unknown = [n for n in chosen if n not in NAMED_REWARDS and n != "task"]
+    if unknown:
+        raise ValueError(f"unknown reward(s) {unknown}; known: task, {', '.join(NAMED_REWARDS)}")
+    if "task" in chosen and task is None:
+        raise ValueError("reward 'task' needs a built-in task as data (task:NAME)")
+    return [(make_task_reward(task) if n == "task" else NAMED_REWARDS[n](), float(weights.get(n, 1.0))) for n in chosen]
+
+
+def collate_completions(completions: list[Completion], pad_id: int, mask_truncated: bool):
+    """(completion ids, token_mask, loss_mask, rollout logprobs, truncated) padded to the longest."""
+    n, T = len(completions), max(1, max(len(c.token_ids) for c in completions))
+    ids = torch.full((n, T), pad_id, dtype=torch.long)
+    lp = torch.zeros((n, T), dtype=torch.float32)
+    mask = torch.zeros((n, T), dtype=torch.bool)
+    for i, c in enumerate(completions):
+        k = len(c.token_ids)
+        ids[i, :k] = torch.tensor(c.token_ids, dtype=torch.long)
+        lp[i, :k] = torch.tensor(c.logprobs, dtype=torch.float32)
+        mask[i, :k] = True
+    truncated = torch.tensor([c.finish_reason == "length" for c in completions], dtype=torch.bool)
+    loss_mask = mask & ~truncated.unsqueeze(-1) if mask_truncated else mask.clone()
+    return ids, mask, loss_mask, lp, truncated
+
+
+def _layout(prompt_ids: list[list[int]], completion: torch.Tensor, token_mask: torch.Tensor, pad_id: int):
+    """input_ids, attention_mask, position_ids of [left-padded prompt | completion] and P."""
+    b, T = completion.shape
+    P = max(len(p) for p in prompt_ids)
+    ids = torch.full((b, P + T), pad_id, dtype=torch.long)
+    attn = torch.zeros((b, P + T), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        ids[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
+        attn[i, P - len(p) : P] = 1
+    ids[:, P:] = torch.where(token_mask, completion, torch.full_like(completion, pad_id))
+    attn[:, P:] = token_mask.long()
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    return ids, attn, pos, P
+
+
+def policy_forward(model, prompt_ids, completion, token_mask, pad_id: int, temperature: float, entropy: str = "no_grad"):
+    """(logp (b, T), entropy (b, T) or None) of the completion tokens under logits / temperature.
+
+    entropy: "grad" (for an entropy bonus), "no_grad" (for logging) or "none".
+    """
+    ids, attn, pos, P = _layout(prompt_ids, completion, token_mask, pad_id)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
+    T = completion.shape[1]
+    logits = logits[:, P - 1 : P + T - 1].float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    logp = token_logprobs(logits, completion)
+    if entropy == "none":
+        return logp, None
+    if entropy == "grad":
+        return logp, entropy_from_logits(logits)
+    with torch.no_grad():
+        return logp, entropy_from_logits(logits.detach())
+
+
+class ValueModel(torch.nn.Module):
+    """A critic: a copy of the policy's backbone (LoRA merged) with a zero-initialized scalar head."""
+
+    def __init__(self, policy):
+        super().__init__()
+        base = copy.deepcopy(policy)
+        if hasattr(base, "merge_and_unload") and hasattr(base, "peft_config"):
+            base = base.merge_and_unload()
+        self.backbone = base.get_decoder()
+        for p in self.backbone.parameters():
+            p.requires_grad_(True)
+        self.head = torch.nn.Linear(base.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, prompt_ids, completion, token_mask, pad_id: int) -> torch.Tensor:
+        """(b, T) value of the state before each completion token."""
+        ids, attn, pos, P = _layout(prompt_ids, completion, token_mask, pad_id)
+        hidden = self.backbone(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state
+        T = completion.shape[1]
+        return self.head(hidden[:, P - 1 : P + T - 1].float()).squeeze(-1)
+
+
+def microbatches(indices: list[int], size: int):
+    for s in range(0, len(indices), max(1, size)):
+        yield indices[s : s + size]
+
+
+@torch.no_grad()
+def batched_no_grad(fn, batch: RolloutBatch, size: int) -> torch.Tensor:
+    """Run fn(prompt_ids, completion, token_mask) -> (b, T) over micro-batches and concatenate."""
+    parts = []
+    for idx in microbatches(list(range(len(batch))), size):
+        parts.append(fn([batch.prompt_ids[i] for i in idx], batch.completion[idx], batch.token_mask[idx]).float())
+    return torch.cat(parts)
