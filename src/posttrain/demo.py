@@ -1,0 +1,112 @@
+"""`posttrain demo`: the whole pipeline on a from-scratch tiny model, offline, on 2 CPU cores.
+
+Stages run in order on the same model: SFT on a built-in task, then (when their modules are present)
+preference optimization, online RL and test-time scaling. The run folder gets each stage's
+metrics, `curves.png`, `report.md` and `summary.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from posttrain.logging import console, read_metrics
+from posttrain.trainers.common import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from posttrain.trainers.sft import SFTConfig, SFTOptions, SFTTrainer
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "runs/demo"
+    task: str = "addition"
+    model: str = "tiny-llama:d=128,l=4,h=4"
+    seed: int = 0
+    sft_steps: int = 1200
+    sft_lr: float = 3e-3
+    sequences_per_step: int = 128
+    eval_problems: int = 200
+    stages: tuple[str, ...] = ("sft",)
+    progress: bool = True
+
+
+def _sft_config(cfg: DemoConfig, run_dir: Path) -> SFTConfig:
+    return SFTConfig(
+        model=ModelConfig(name=cfg.model),
+        data=DataConfig(path=f"task:{cfg.task}", train_rows=50000, eval_rows=cfg.eval_problems),
+        optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=50, min_lr_ratio=0.05),
+        train=TrainConfig(out=str(run_dir / "sft"), max_steps=cfg.sft_steps, seed=cfg.seed,
+                          eval_every=max(1, cfg.sft_steps // 6), progress=cfg.progress),
+        sft=SFTOptions(sequences_per_step=cfg.sequences_per_step, sequences_per_microbatch=cfg.sequences_per_step,
+                       eval_max_new_tokens=8),
+    )
+
+
+def plot_curves(run_dir: Path, stage_metrics: dict[str, list[dict]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    offset = 0
+    for stage, rows in stage_metrics.items():
+        train = [r for r in rows if "loss" in r]
+        evals = [r for r in rows if "eval/accuracy" in r]
+        if train:
+            ax_loss.plot([offset + r["step"] for r in train], [r["loss"] for r in train], label=stage, lw=1)
+        if evals:
+            ax_acc.plot([offset + r["step"] for r in evals], [100 * r["eval/accuracy"] for r in evals], "o-", label=stage)
+        offset += max((r["step"] for r in rows), default=0)
+    ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
+    ax_acc.set(xlabel="step", ylabel="held-out exact match (%)", ylim=(0, 100), title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = run_dir / "curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: Path, cfg: DemoConfig, summary: dict) -> Path:
+    lines = [
+        "# posttrain demo report", "",
+        f"Task: `{cfg.task}`, model `{cfg.model}` (from scratch, seed {cfg.seed}), "
+        f"{cfg.eval_problems} held-out problems (disjoint from training by construction).", "",
+        "| stage | held-out accuracy | steps | seconds |", "|---|---|---|---|",
+    ]
+    for stage, s in summary["stages"].items():
+        acc = s.get("accuracy")
+        lines.append(f"| {stage} | {'-' if acc is None else f'{100 * acc:.1f}%'} | {s.get('steps', '-')} | {s['seconds']:.0f} |")
+    lines += ["", "![curves](curves.png)", ""]
+    for stage, s in summary["stages"].items():
+        for extra in s.get("report_lines", []):
+            lines.append(extra)
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"demo config: {json.dumps(dataclasses.asdict(cfg))}")
+    summary: dict = {"config": dataclasses.asdict(cfg), "stages": {}}
+    t0 = time.perf_counter()
+    sft = SFTTrainer(_sft_config(cfg, run_dir))
+    result = sft.train()
+    summary["stages"]["sft"] = {"accuracy": result.get("eval/accuracy"), "steps": sft.step,
+                                "seconds": time.perf_counter() - t0, "checkpoint": result["checkpoint"]}
+    model, tokenizer, task = sft.model, sft.tokenizer, sft.task
+    metrics = {"sft": read_metrics(run_dir / "sft" / "metrics.jsonl")}
+    plot_curves(run_dir, metrics)
+    report = write_report(run_dir, cfg, summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(f"demo done in {time.perf_counter() - t0:.0f}s: report {report}")
+    for stage, s in summary["stages"].items():
+        acc = s.get("accuracy")
+        console.print(f"  {stage:<8} accuracy {'-' if acc is None else f'{100 * acc:.1f}%'}")
+    return summary
