@@ -1,0 +1,181 @@
+"""Pieces the preference trainer and the reward-model trainer share: loading preference pairs
+(task-generated or from files), tokenizing them once, and the concatenated chosen+rejected batch.
+
+A pair is tokenized as ``prompt_ids`` plus ``chosen_ids`` / ``rejected_ids`` (each response ends in
+EOS / end-of-turn) and never re-tokenized afterwards. A batch of B pairs is one (2B, T) right-padded
+tensor, chosen rows first, so one forward pass scores both sides (as TRL's collator lays them out).
+Over-long sequences keep the end of the prompt and the start of the response (counted).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from posttrain.data import DataError, Example, encode_prompt, encode_response, load_examples
+from posttrain.data.collate import IGNORE
+from posttrain.logging import console, warn
+from posttrain.ops import masked_sum, token_logprobs
+
+
+@dataclass
+class TokenizedPair:
+    """One (prompt, chosen, rejected) triple as token ids; `margin` is an optional per-pair float."""
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    margin: float | None = None
+    where: str = ""
+
+
+@dataclass
+class SequenceBatch:
+    """R right-padded sequences. labels[r, t] is the target of position t (shifted), IGNORE where
+    not scored (prompt, padding). last_index[r] is the position of the last real token."""
+
+    input_ids: torch.Tensor  # (R, T) long
+    attention_mask: torch.Tensor  # (R, T) long
+    labels: torch.Tensor  # (R, T) long
+    last_index: torch.Tensor  # (R,) long
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def _truncate(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int], bool]:
+    if len(prompt) + len(response) <= max_length:
+        return prompt, response, False
+    keep_prompt = max(1, min(len(prompt), max_length // 2, max_length - len(response)))
+    prompt = prompt[-keep_prompt:]
+    return prompt, response[: max_length - len(prompt)], True
+
+
+def tokenize_response(tokenizer, prompt, response) -> list[int]:
+    """Response ids after `prompt` (conversational responses may be a string or a message list)."""
+    if isinstance(prompt, list) and isinstance(response, list):
+        return encode_response(tokenizer, prompt, response)
+    if isinstance(prompt, list):
+        return encode_response(tokenizer, prompt, [{"role": "assistant", "content": response}])
+    if isinstance(response, list):
+        raise DataError("a conversational response needs a conversational prompt")
+    return encode_response(tokenizer, prompt, response)
+
+
+def tokenize_pairs(tokenizer, examples: list[Example], max_length: int, margin_column: str = "") -> list[TokenizedPair]:
+    out, truncated = [], 0
+    for ex in examples:
+        p = encode_prompt(tokenizer, ex.prompt)
+        c = tokenize_response(tokenizer, ex.prompt, ex.chosen)
+        r = tokenize_response(tokenizer, ex.prompt, ex.rejected)
+        if c == r:
+            raise DataError(f"{ex.where}: chosen and rejected tokenize to the same ids")
+        pc, c, t1 = _truncate(p, c, max_length)
+        pr, r, t2 = _truncate(p, r, max_length)
+        truncated += t1 or t2
+        p = pc if len(pc) <= len(pr) else pr
+        margin = None
+        if margin_column:
+            value = ex.extra.get(margin_column)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(f"{ex.where}: field '{margin_column}': expected a number (the pair's margin), got {value!r}")
+            margin = float(value)
+        out.append(TokenizedPair(p, c, r, margin, ex.where))
+    if truncated:
+        warn(f"{truncated}/{len(out)} pairs truncated to data.max_length={max_length}")
+    return out
+
+
+def load_pairs(data_cfg, split: str, seed: int = 3) -> tuple[list[Example], object]:
+    """Preference examples for 'train' or 'eval', and the task (None for files).
+
+    `task:NAME` generates pairs with the task's `preference_rows` (held-out problems for 'eval').
+    For files, 'eval' reads data.eval_path when set; otherwise the last data.eval_rows rows of
+    data.path are held out (and left out of 'train').
+    """
+    from posttrain.tasks import load_task_spec
+
+    if data_cfg.path.startswith("task:"):
+        task = load_task_spec(data_cfg.path[len("task:"):])
+        if not hasattr(task, "preference_rows"):
+            raise ValueError(f"task '{task.name}' cannot generate preference pairs (no preference_rows)")
+        n = data_cfg.eval_rows if split == "eval" else data_cfg.train_rows
+        rows = task.preference_rows(n, seed=seed + (split == "eval"), held_out=split == "eval")
+        return load_examples(rows, kind="preference")[0], task
+    kind = data_cfg.kind or None
+    if data_cfg.eval_path or split == "train" and not data_cfg.eval_rows:
+        path = data_cfg.eval_path if split == "eval" else data_cfg.path
+        limit = data_cfg.eval_rows if split == "eval" else data_cfg.train_rows
+        examples, report = load_examples(path, kind=kind, columns=data_cfg.columns, on_error=data_cfg.on_error, limit=limit)
+        _report(report)
+        return examples, None
+    if split == "eval" and not data_cfg.eval_rows:
+        return [], None
+    limit = data_cfg.train_rows + data_cfg.eval_rows
+    examples, report = load_examples(data_cfg.path, kind=kind, columns=data_cfg.columns, on_error=data_cfg.on_error, limit=limit)
+    _report(report)
+    if len(examples) <= data_cfg.eval_rows:
+        raise DataError(f"{data_cfg.path}: {len(examples)} usable rows, not enough to hold out data.eval_rows={data_cfg.eval_rows}")
+    cut = len(examples) - data_cfg.eval_rows
+    return (examples[cut:] if split == "eval" else examples[:cut]), None
+
+
+def _report(report) -> None:
+    console.print(f"data: {report.summary()}")
+    for msg in report.first_errors:
+        console.print(f"  skipped: {msg}")
+
+
+def sequence_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> SequenceBatch:
+    """Right-padded (prompt + response) rows with labels on the response tokens only."""
+    R = len(prompts)
+    T = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    input_ids = torch.full((R, T), pad_id, dtype=torch.long)
+    labels = torch.full((R, T), IGNORE, dtype=torch.long)
+    attn = torch.zeros((R, T), dtype=torch.long)
+    last = torch.zeros(R, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        n = len(p) + len(r)
+        input_ids[i, :n] = torch.tensor(p + r)
+        labels[i, len(p) - 1 : n - 1] = torch.tensor(r)
+        attn[i, :n] = 1
+        last[i] = n - 1
+    return SequenceBatch(input_ids, attn, labels, last)
+
+
+def pair_batch(pairs: list[TokenizedPair], pad_id: int) -> SequenceBatch:
+    """2B rows: the B chosen sequences, then the B rejected ones."""
+    prompts = [p.prompt_ids for p in pairs] * 2
+    responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    return sequence_batch(prompts, responses, pad_id)
+
+
+def _lm_parts(model):
+    """(decoder, lm_head) when the causal LM exposes them (HF models, PEFT-wrapped or not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None, None
+
+
+def sequence_logps(model, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed logps (R,), lengths (R,)) of the labelled tokens of each row.
+
+    The LM head runs only at labelled positions (response tokens), so prompts and padding never
+    produce vocabulary logits; falls back to full logits for models without a separate head.
+    """
+    mask = batch.labels != IGNORE
+    lengths = mask.sum(-1)
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp_min(0)
+    decoder, head = _lm_parts(model)
+    if decoder is None or head is None:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False).logits
+        return masked_sum(token_logprobs(logits, batch.labels), mask, dim=-1), lengths
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
+    picked = head(hidden[mask])  # (N, V) for the N labelled tokens only
+    tok = token_logprobs(picked, batch.labels[mask])
+    row = torch.arange(mask.shape[0]).unsqueeze(1).expand_as(mask)[mask]
+    sums = torch.zeros(mask.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, row.to(tok.device), tok)
+    return sums, lengths

@@ -1,0 +1,389 @@
+"""Offline preference optimization: the DPO family (paired) and KTO / BCO (unpaired) in one trainer.
+
+Papers: Rafailov et al. 2023, "Direct Preference Optimization" (the training loop: a frozen
+reference, summed response logprobs, chosen and rejected scored together); Ethayarajh et al. 2024,
+"KTO" (unpaired rows, the batch KL reference point from mismatched pairs); Jung et al. 2024, "BCO"
+(the running reward shift). The objectives themselves live in `posttrain.losses.preference`; each
+paper is cited there.
+
+One step takes `pairs_per_step` items in a seeded, resumable order and splits them into
+micro-batches of `pairs_per_microbatch`; each micro-batch is ONE forward pass over 2B rows
+(chosen rows then rejected rows; for KTO, completions then mismatched KL completions). Per-item
+losses are summed and divided by the step's item count, so micro-batch splits add up exactly
+(except for batch-coupled losses: KTO's KL point, AOT's sorting, BCO's shift use the micro-batch).
+
+Reference logprobs (reference-based losses only):
+- ``cached`` (default): computed once, before the first update, for the items the run will visit,
+  and saved in the run folder (``reference_logps.pt``) so a resumed run reuses them; no reference
+  model is held while training.
+- ``live``: recomputed every step, from a frozen copy (full fine-tuning) or, under LoRA, from the
+  same model with the adapter disabled (no second copy).
+Reference-free losses (simpo, orpo, sft) never build a reference.
+
+Departures: KTO's KL completions are a fixed, seeded mismatch (item i is paired with the completion
+of a permuted item) rather than a per-batch rotation, so their reference logps can be cached.
+Paired rows trained with an unpaired loss become two unpaired rows (chosen desirable, rejected not),
+as TRL's ``unpair_preference_dataset``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
+from posttrain.data import DataError
+from posttrain.logging import MetricsLogger, ProgressBar, console, warn
+from posttrain.losses.preference import PREFERENCE_LOSSES, UNPAIRED_LOSSES, PreferenceLogps, UnpairedLogps, combined_loss
+from posttrain.models import load_model_and_tokenizer
+from posttrain.trainers.common import (
+    DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, apply_lora, build_optimizer,
+    default_verifier, exact_match_eval, seed_everything,
+)
+from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, sequence_batch, sequence_logps, tokenize_pairs
+from posttrain.trainers.pref_data import FallingLogpsMonitor, UnpairedItem, parse_loss_spec, unpair
+
+REFERENCE_FREE = {"simpo", "orpo", "sft"}
+
+
+@dataclass(frozen=True)
+class PreferenceOptions:
+    loss_args: dict[str, str] = field(default_factory=dict)  # loss hyper-parameters: gamma=0.5,label_smoothing=0.1
+    pairs_per_step: int = 32
+    pairs_per_microbatch: int = 32
+    reference: str = "cached"  # cached | live
+    reference_pairs_per_batch: int = 64
+    eval_before: bool = True  # evaluate once before training (before/after in the result)
+    eval_max_new_tokens: int = 32
+    falling_logps_window: int = 20  # steps; warn when chosen and rejected logps both fall over it
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, schedule="constant"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/dpo"))
+    pref: PreferenceOptions = field(default_factory=PreferenceOptions)
+    loss: str = "dpo"  # a registered loss, or a weighted mix: dpo:0.8,bco_pair:0.2,sft:1
+    beta: float = 0.1
+
+
+class PreferenceTrainer:
+    def __init__(self, cfg: PreferenceConfig, model=None, tokenizer=None):
+        self.cfg = cfg
+        seed_everything(cfg.train.seed)
+        self.losses = parse_loss_spec(cfg.loss)
+        self.unpaired = any(name in UNPAIRED_LOSSES for name in self.losses)
+        self.hp = {k: float(v) for k, v in cfg.pref.loss_args.items()}
+        self.uses_reference = any(name not in REFERENCE_FREE for name in self.losses)
+        if cfg.pref.reference not in ("cached", "live"):
+            raise ValueError(f"pref.reference must be 'cached' or 'live', got '{cfg.pref.reference}'")
+        if model is None:
+            model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.lora = cfg.model.lora_rank > 0
+        live_copy = self.uses_reference and cfg.pref.reference == "live" and not self.lora
+        self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) if live_copy else None
+        self.model = apply_lora(model, cfg.model)
+        self.tokenizer = tokenizer
+        self._load_data()
+        self.opt, self.sched = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
+        self.order = DataOrder(len(self.items), cfg.train.seed)
+        self.run_dir = Path(cfg.train.out)
+        self.step = 0
+        self.bco_moments = [0.0, 0]  # running sum and count of BCO rewards (its shift delta)
+        self.monitor = FallingLogpsMonitor(cfg.pref.falling_logps_window)
+        if cfg.train.resume:
+            self._resume()
+        self.ref_cache = self._reference_cache() if self.uses_reference and cfg.pref.reference == "cached" else None
+        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+
+    # ------------------------------------------------------------------ data and reference
+
+    def _load_data(self) -> None:
+        c = self.cfg
+        train, self.task = load_pairs(c.data, "train")
+        if train[0].kind == "unpaired_preference":
+            if not self.unpaired:
+                raise DataError(f"{train[0].where}: loss '{c.loss}' needs paired rows (prompt, chosen, rejected); these are unpaired")
+            self.items = unpair(self.tokenizer, train, c.data.max_length, c.train.seed)
+        else:
+            pairs = tokenize_pairs(self.tokenizer, train, c.data.max_length)
+            self.items = unpair(self.tokenizer, pairs, c.data.max_length, c.train.seed) if self.unpaired else pairs
+        evals, _ = load_pairs(c.data, "eval")
+        evals = [e for e in evals if e.kind == "preference"]
+        self.eval_pairs = tokenize_pairs(self.tokenizer, evals, c.data.max_length) if evals else []
+        self.eval_examples = []
+        if self.task is not None:
+            from posttrain.trainers.common import load_split
+
+            self.eval_examples, _ = load_split(c.data, "eval")
+        self.verify = default_verifier(self.task) if self.task is not None else None
+
+    def _sequences(self, items) -> tuple[list, list]:
+        if isinstance(items[0], TokenizedPair):
+            return [p.prompt_ids for p in items] * 2, [p.chosen_ids for p in items] + [p.rejected_ids for p in items]
+        kl = "kto" in self.losses
+        prompts = [u.prompt_ids for u in items] * (2 if kl else 1)
+        return prompts, [u.completion_ids for u in items] + ([u.kl_completion_ids for u in items] if kl else [])
+
+    def _forward(self, model, items) -> tuple[torch.Tensor, torch.Tensor]:
+        prompts, responses = self._sequences(items)
+        batch = sequence_batch(prompts, responses, self.tokenizer.pad_token_id)
+        return sequence_logps(model, batch)
+
+    @torch.no_grad()
+    def reference_logps(self, items) -> torch.Tensor:
+        """(B, k) reference logps of the items' k sequences (chosen, rejected / completion, KL)."""
+        if self.ref_model is not None:
+            logps, _ = self._forward(self.ref_model, items)
+        else:
+            was_training = self.model.training
+            self.model.eval()
+            with self.model.disable_adapter() if self.lora else nullcontext():
+                logps, _ = self._forward(self.model, items)
+            self.model.train(was_training)
+        return logps.view(-1, len(items)).T.contiguous()
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha1(f"{self.cfg.model.name}|{self.cfg.data.max_length}|{self.cfg.loss}".encode())
+        for it in self.items + self.eval_pairs:
+            for ids in self._sequences([it])[1]:
+                h.update(bytes(str(ids), "ascii"))
+        return h.hexdigest()[:16]
+
+    def _reference_cache(self) -> dict:
+        """Reference logps of the train items this run visits and of the eval pairs (saved, reused on resume)."""
+        path = self.run_dir / "reference_logps.pt"
+        fp = self._fingerprint()
+        if path.exists() and self.cfg.train.resume:
+            cache = torch.load(path, weights_only=False)
+            if cache["fingerprint"] != fp:
+                raise RuntimeError(f"{path}: cached reference logps are for other data or another model; remove it or resume the matching run")
+            return cache
+        if self.step > 0 and not self.lora:
+            raise RuntimeError(f"{path} is missing: cannot rebuild the reference of a resumed full fine-tuning run")
+        visit = sorted(set(DataOrder(len(self.items), self.cfg.train.seed).take(self.cfg.train.max_steps * self.cfg.pref.pairs_per_step)))
+        t0 = time.perf_counter()
+        train = torch.full((len(self.items), 2 if self.unpaired and "kto" in self.losses or not self.unpaired else 1), float("nan"))
+        n = self.cfg.pref.reference_pairs_per_batch
+        for i in range(0, len(visit), n):
+            idx = visit[i : i + n]
+            train[idx] = self.reference_logps([self.items[j] for j in idx])
+        evals = torch.cat([self.reference_logps(self.eval_pairs[i : i + n]) for i in range(0, len(self.eval_pairs), n)]) if self.eval_pairs else None
+        console.print(f"reference logps cached for {len(visit)} train items and {len(self.eval_pairs)} eval pairs in {time.perf_counter() - t0:.1f}s")
+        cache = {"fingerprint": fp, "train": train, "eval": evals}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(cache, path)
+        return cache
+
+    # ------------------------------------------------------------------ loss
+
+    def _logps_struct(self, items, logps, lengths, ref):
+        B = len(items)
+        if isinstance(items[0], TokenizedPair):
+            c_len, r_len = lengths[:B].to(logps.dtype), lengths[B:].to(logps.dtype)
+            return PreferenceLogps(
+                chosen_logps=logps[:B], rejected_logps=logps[B:],
+                ref_chosen_logps=None if ref is None else ref[:, 0], ref_rejected_logps=None if ref is None else ref[:, 1],
+                chosen_lengths=c_len, rejected_lengths=r_len, chosen_nll=-logps[:B] / c_len.clamp(min=1),
+            )
+        labels = torch.tensor([u.label for u in items], dtype=torch.bool)
+        kl = logps.shape[0] > B
+        return UnpairedLogps(
+            logps=logps[:B], ref_logps=ref[:, 0], labels=labels,
+            kl_logps=logps[B:].detach() if kl else None, ref_kl_logps=ref[:, 1] if kl else None,
+        )
+
+    def _apply_loss(self, lp) -> tuple[torch.Tensor, dict]:
+        beta = self.cfg.beta
+        if len(self.losses) > 1:
+            return combined_loss(lp, self.losses, beta, **self.hp)
+        (name, weight), = self.losses.items()
+        if name in UNPAIRED_LOSSES:
+            hp = dict(self.hp)
+            if name == "bco":  # running mean of the rewards, updated with this batch first (as TRL)
+                r = beta * (lp.logps - lp.ref_logps).detach()
+                self.bco_moments = [self.bco_moments[0] + float(r.sum()), self.bco_moments[1] + r.numel()]
+                hp["delta"] = self.bco_moments[0] / self.bco_moments[1]
+            loss, stats = UNPAIRED_LOSSES.get(name)(lp, beta=beta, **hp)
+        else:
+            loss, stats = PREFERENCE_LOSSES.get(name)(lp, beta=beta, **self.hp)
+        return weight * loss, stats
+
+    def microbatch_loss(self, idx: list[int], items, num_items: int) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch divided by the step's item count, and its stats (floats)."""
+        logps, lengths = self._forward(self.model, items)
+        ref = None
+        if self.uses_reference:
+            ref = self.ref_cache["train"][idx] if self.ref_cache is not None else self.reference_logps(items)
+        lp = self._logps_struct(items, logps, lengths, ref)
+        loss, stats = self._apply_loss(lp)
+        B = len(items)
+        stats = {k: float(v) for k, v in stats.items()}
+        if isinstance(lp, PreferenceLogps):
+            stats["logps/chosen"] = float(lp.chosen_logps.detach().mean())
+            stats["logps/rejected"] = float(lp.rejected_logps.detach().mean())
+        else:  # desirable / undesirable completions play chosen / rejected
+            lab = lp.labels
+            stats["logps/chosen"] = float(lp.logps[lab].detach().mean()) if lab.any() else float("nan")
+            stats["logps/rejected"] = float(lp.logps[~lab].detach().mean()) if (~lab).any() else float("nan")
+        stats["tokens_per_response"] = float(lengths[:B].float().mean())
+        return loss.sum() / num_items, stats
+
+    # ------------------------------------------------------------------ steps
+
+    def train_step(self) -> dict:
+        c = self.cfg
+        idx_all = self.order.take(c.pref.pairs_per_step)
+        self.model.train()
+        totals: dict[str, float] = {}
+        loss_sum = 0.0
+        for i in range(0, len(idx_all), c.pref.pairs_per_microbatch):
+            idx = idx_all[i : i + c.pref.pairs_per_microbatch]
+            loss, stats = self.microbatch_loss(idx, [self.items[j] for j in idx], len(idx_all))
+            loss.backward()
+            loss_sum += float(loss.detach())
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v * len(idx) / len(idx_all)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"step {self.step + 1}: gradient norm is {grad_norm} (loss {loss_sum})")
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self._watch_logps(totals)
+        return {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": lr, "pairs": len(idx_all), **totals}
+
+    def _watch_logps(self, m: dict) -> None:
+        msg = self.monitor.update(m["logps/chosen"] / max(1.0, m["tokens_per_response"]), m["logps/rejected"] / max(1.0, m["tokens_per_response"]))
+        if msg:
+            warn(f"step {self.step}: {msg} (a common silent failure: likelihood displacement; try a smaller lr, "
+                 "a larger beta, or a loss with an NLL anchor such as rpo/dpop)")
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out preference accuracy / margins (eval pairs) and exact-match accuracy (tasks)."""
+        out = {}
+        if self.eval_pairs:
+            out.update(self._pair_metrics())
+        if self.eval_examples and self.verify is not None:
+            res = exact_match_eval(self.model, self.tokenizer, self.eval_examples, self.verify, self.cfg.pref.eval_max_new_tokens)
+            for prompt, text, answer, ok in res.pop("samples")[:2]:
+                console.print(f"  eval sample: {json.dumps(prompt)[:80]} -> {text!r} (answer {answer}, {'ok' if ok else 'wrong'})")
+            out.update(res)
+        return {f"eval/{k}": v for k, v in out.items()}
+
+    def _pair_metrics(self) -> dict:
+        """Implicit rewards on held-out pairs: beta * log-ratio (reference-based) or beta * mean logp."""
+        self.model.eval()
+        n = self.cfg.pref.reference_pairs_per_batch
+        rewards, logps_all = [], []
+        for i in range(0, len(self.eval_pairs), n):
+            chunk = self.eval_pairs[i : i + n]
+            logps, lengths = sequence_logps(self.model, pair_batch(chunk, self.tokenizer.pad_token_id))
+            pair = logps.view(2, -1).T
+            if self.uses_reference:
+                ref = self.ref_cache["eval"][i : i + n] if self.ref_cache is not None else self.reference_logps(chunk)
+                rewards.append(self.cfg.beta * (pair - ref))
+            else:
+                rewards.append(self.cfg.beta * pair / lengths.view(2, -1).T.clamp(min=1))
+            logps_all.append(pair)
+        r, lp = torch.cat(rewards), torch.cat(logps_all)
+        self.model.train()
+        return {"rewards/accuracy": float((r[:, 0] > r[:, 1]).float().mean()), "rewards/margin": float((r[:, 0] - r[:, 1]).mean()),
+                "logps/chosen": float(lp[:, 0].mean()), "logps/rejected": float(lp[:, 1].mean())}
+
+    # ------------------------------------------------------------------ checkpoints and loop
+
+    def _resume(self) -> None:
+        ck = latest_checkpoint(self.run_dir)
+        if ck is None:
+            warn(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
+            return
+        from posttrain.trainers.weights import load_weights_into
+
+        load_weights_into(self.model, ck)
+        st = load_state(ck)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.order = DataOrder(len(self.items), self.cfg.train.seed, **st["data"])
+        self.bco_moments = list(st["bco_moments"])
+        self.monitor.history = list(st["monitor"])
+        set_rng_state(st["rng"])
+        self.step = st["step"]
+        console.print(f"resumed from {ck} at step {self.step}")
+
+    def save(self) -> Path:
+        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state(),
+                 "bco_moments": self.bco_moments, "monitor": self.monitor.history}
+        return save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
+
+    def describe(self) -> dict:
+        c = self.cfg
+        return {
+            "losses": self.losses, "reference": c.pref.reference if self.uses_reference else "none (reference-free)",
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            "train_items": len(self.items), "unpaired": self.unpaired, "eval_pairs": len(self.eval_pairs),
+            "eval_examples": len(self.eval_examples), "forward_rows_per_microbatch": 2 * c.pref.pairs_per_microbatch,
+            "epochs": c.train.max_steps * c.pref.pairs_per_step / max(1, len(self.items)),
+        }
+
+    def train(self) -> dict:
+        c = self.cfg
+        console.print(f"dpo config: {json.dumps(dataclasses.asdict(c), default=str)}")
+        console.print(f"dpo sizes: {json.dumps(self.describe())}")
+        before = {}
+        if c.pref.eval_before and self.step == 0:
+            before = {k.replace("eval/", "eval_before/"): v for k, v in self.evaluate().items()}
+            if before:
+                self.logger.log(before, 0)
+                console.print(f"eval before: {json.dumps({k: round(v, 4) for k, v in before.items()})}")
+        last: dict = {}
+        t0, done = time.perf_counter(), 0
+        with ProgressBar(c.train.max_steps, "dpo", c.train.progress, start=self.step) as bar:
+            while self.step < c.train.max_steps:
+                m = self.train_step()
+                done += m["pairs"]
+                m["pairs_per_s"] = done / (time.perf_counter() - t0)
+                if c.train.eval_every and self.step % c.train.eval_every == 0 and self.step < c.train.max_steps:
+                    m.update(self.evaluate())
+                if self.step % c.train.log_every == 0 or any(k.startswith("eval/") for k in m):
+                    self.logger.log(m, self.step)
+                if c.train.save_every and self.step % c.train.save_every == 0:
+                    self.save()
+                bar.update(self.step, loss=m["loss"], acc=m.get("rewards/accuracies", float("nan")))
+                last = m
+        final = self.evaluate()
+        if final:
+            self.logger.log(final, self.step)
+            console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+        path = self.save()
+        self.logger.close()
+        return {**last, **before, **final, "checkpoint": str(path)}
+
+
+def run_preference_stage(model, tokenizer, cfg: PreferenceConfig) -> dict:
+    """Demo hook: train `model` in place with `cfg`; the result holds eval_before/* and eval/* metrics
+    (held-out exact-match accuracy, preference accuracy) and the checkpoint path."""
+    return PreferenceTrainer(cfg, model, tokenizer).train()
+
+
+HELP = "offline preference optimization: DPO, IPO, SimPO, ORPO, KTO, ... (--loss NAME)"
+CONFIG = PreferenceConfig
+
+
+def run(cfg: PreferenceConfig) -> dict:
+    return PreferenceTrainer(cfg).train()

@@ -1,0 +1,232 @@
+"""Bradley-Terry reward models on a causal LM backbone (`posttrain rm`).
+
+Papers: Ouyang et al. 2022, "Training language models to follow instructions with human feedback"
+(InstructGPT), Eq. 1: a scalar head on the language model, trained on pairs with
+-log sigma(r(x, y_w) - r(x, y_l)); the optional per-pair margin is Llama 2's (Touvron et al. 2023,
+Eq. 2) and the centering term is Eisenstein et al. 2023 (both in `posttrain.losses.reward`).
+
+The reward model is the backbone's `...ForSequenceClassification` class (num_labels=1) built from
+the causal config with the causal backbone weights copied in, so the saved folder loads with
+`AutoModelForSequenceClassification.from_pretrained`. The reward is the head's output at the last
+non-pad token (the Hugging Face pooling, so training and loading score identically). Chosen and
+rejected run in one forward pass of 2B right-padded rows.
+
+Departures: the head starts from the model's own initializer (InstructGPT does not say); with LoRA
+the head is trained in full (`modules_to_save`) and the final folder holds merged weights.
+Held-out evaluation is pairwise accuracy (share of pairs with r_w > r_l) and the mean margin.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
+from posttrain.logging import MetricsLogger, ProgressBar, console, warn
+from posttrain.losses.reward import bradley_terry_loss
+from posttrain.models import load_model_and_tokenizer
+from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, seed_everything
+from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, tokenize_pairs
+
+
+@dataclass(frozen=True)
+class RewardOptions:
+    pairs_per_step: int = 32
+    pairs_per_microbatch: int = 32
+    margin_column: str = ""  # a per-pair numeric column used as the Llama 2 margin; empty = no margin
+    center_coef: float = 0.0  # reward-centering coefficient (TRL's center_rewards_coefficient)
+    eval_pairs_per_batch: int = 64
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/rm"))
+    rm: RewardOptions = field(default_factory=RewardOptions)
+
+
+def reward_model_from_causal(causal, pad_token_id: int, seed: int = 0):
+    """A `...ForSequenceClassification` (num_labels=1) with the causal model's backbone weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(causal.config)
+    config.num_labels, config.pad_token_id, config.architectures = 1, pad_token_id, None
+    config.problem_type = "regression"
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        rm = AutoModelForSequenceClassification.from_config(config, attn_implementation=causal.config._attn_implementation)
+    state = {k: v for k, v in causal.state_dict().items() if not k.startswith("lm_head.")}
+    missing, unexpected = rm.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("score.")]
+    if missing or unexpected:
+        raise RuntimeError(f"cannot build a reward model from {type(causal).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return rm.to(next(causal.parameters()).dtype)
+
+
+def load_reward_backbone(cfg: RewardConfig):
+    """(reward model, tokenizer): a saved reward model folder as is, anything else via its causal LM."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(cfg.model.name)
+    if (path / "config.json").exists():
+        arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
+        if arch.endswith("ForSequenceClassification"):
+            tok = AutoTokenizer.from_pretrained(path)
+            return AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa"), tok
+    causal, tok = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
+    return reward_model_from_causal(causal, tok.pad_token_id, cfg.train.seed), tok
+
+
+def pair_rewards(rm, pairs: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen rewards (B,), rejected rewards (B,)) from one forward pass over 2B rows."""
+    batch = pair_batch(pairs, pad_id)
+    r = rm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, 0].float()
+    return r[: len(pairs)], r[len(pairs):]
+
+
+def _apply_lora(rm, mcfg: ModelConfig):
+    if mcfg.lora_rank <= 0:
+        return rm
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t for t in mcfg.lora_targets if any(n.endswith(t) for n, _ in rm.named_modules())]
+    lcfg = LoraConfig(r=mcfg.lora_rank, lora_alpha=mcfg.lora_alpha, lora_dropout=mcfg.lora_dropout,
+                      target_modules=targets, task_type="SEQ_CLS", modules_to_save=["score"])
+    return get_peft_model(rm, lcfg)
+
+
+class RewardTrainer:
+    def __init__(self, cfg: RewardConfig, model=None, tokenizer=None):
+        self.cfg = cfg
+        seed_everything(cfg.train.seed)
+        if model is None:
+            model, tokenizer = load_reward_backbone(cfg)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        if model.config.pad_token_id is None:
+            raise ValueError("the reward model's config has no pad_token_id (needed to find the last real token)")
+        self.model = _apply_lora(model, cfg.model)
+        self.tokenizer = tokenizer
+        train, self.task = load_pairs(cfg.data, "train")
+        self.pairs = tokenize_pairs(tokenizer, train, cfg.data.max_length, cfg.rm.margin_column)
+        evals, _ = load_pairs(cfg.data, "eval")
+        self.eval_pairs = tokenize_pairs(tokenizer, evals, cfg.data.max_length, cfg.rm.margin_column) if evals else []
+        self.opt, self.sched = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
+        self.order = DataOrder(len(self.pairs), cfg.train.seed)
+        self.run_dir = Path(cfg.train.out)
+        self.step = 0
+        if cfg.train.resume:
+            self._resume()
+        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+
+    def _loss(self, pairs: list[TokenizedPair], num_pairs: int) -> tuple[torch.Tensor, dict]:
+        chosen, rejected = pair_rewards(self.model, pairs, self.tokenizer.pad_token_id)
+        margin = torch.tensor([p.margin for p in pairs]) if self.cfg.rm.margin_column else None
+        loss, stats = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=self.cfg.rm.center_coef)
+        return loss.sum() / num_pairs, {k: float(v) for k, v in stats.items()}
+
+    def train_step(self) -> dict:
+        c = self.cfg
+        idx = self.order.take(c.rm.pairs_per_step)
+        self.model.train()
+        total, stats_sum = 0.0, {}
+        for i in range(0, len(idx), c.rm.pairs_per_microbatch):
+            chunk = [self.pairs[j] for j in idx[i : i + c.rm.pairs_per_microbatch]]
+            loss, stats = self._loss(chunk, len(idx))
+            loss.backward()
+            total += float(loss.detach())
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + v * len(chunk) / len(idx)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"step {self.step + 1}: gradient norm is {grad_norm} (loss {total})")
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"loss": total, "grad_norm": float(grad_norm), "lr": lr, "pairs": len(idx), **stats_sum}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out pairwise accuracy (r_w > r_l) and mean margin."""
+        if not self.eval_pairs:
+            return {}
+        self.model.eval()
+        n = self.cfg.rm.eval_pairs_per_batch
+        parts = [pair_rewards(self.model, self.eval_pairs[i : i + n], self.tokenizer.pad_token_id) for i in range(0, len(self.eval_pairs), n)]
+        chosen, rejected = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        self.model.train()
+        return {"eval/pairwise_accuracy": float((chosen > rejected).float().mean()), "eval/margin": float((chosen - rejected).mean()),
+                "eval/rewards/chosen": float(chosen.mean()), "eval/rewards/rejected": float(rejected.mean()), "eval/pairs": len(chosen)}
+
+    def _resume(self) -> None:
+        ck = latest_checkpoint(self.run_dir)
+        if ck is None:
+            warn(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
+            return
+        from posttrain.trainers.weights import load_weights_into
+
+        load_weights_into(self.model, ck)
+        st = load_state(ck)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.order = DataOrder(len(self.pairs), self.cfg.train.seed, **st["data"])
+        set_rng_state(st["rng"])
+        self.step = st["step"]
+        console.print(f"resumed from {ck} at step {self.step}")
+
+    def save(self) -> Path:
+        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
+        return save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
+
+    def export(self) -> Path:
+        """Write `out/model`: a plain `AutoModelForSequenceClassification` folder (LoRA merged)."""
+        target = self.run_dir / "model"
+        model = copy.deepcopy(self.model).merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+        model.save_pretrained(target)
+        self.tokenizer.save_pretrained(target)
+        return target
+
+    def train(self) -> dict:
+        c = self.cfg
+        console.print(f"rm config: {json.dumps(dataclasses.asdict(c), default=str)}")
+        console.print(f"rm sizes: {json.dumps({'parameters': sum(p.numel() for p in self.model.parameters()), 'train_pairs': len(self.pairs), 'eval_pairs': len(self.eval_pairs)})}")
+        last: dict = {}
+        t0, done = time.perf_counter(), 0
+        with ProgressBar(c.train.max_steps, "rm", c.train.progress, start=self.step) as bar:
+            while self.step < c.train.max_steps:
+                m = self.train_step()
+                done += m["pairs"]
+                m["pairs_per_s"] = done / (time.perf_counter() - t0)
+                if c.train.eval_every and self.step % c.train.eval_every == 0 and self.step < c.train.max_steps:
+                    m.update(self.evaluate())
+                if self.step % c.train.log_every == 0 or "eval/pairwise_accuracy" in m:
+                    self.logger.log(m, self.step)
+                if c.train.save_every and self.step % c.train.save_every == 0:
+                    self.save()
+                bar.update(self.step, loss=m["loss"], acc=m["accuracy"])
+                last = m
+        final = self.evaluate()
+        if final:
+            self.logger.log(final, self.step)
+            console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+        path = self.save()
+        model_dir = self.export()
+        self.logger.close()
+        return {**last, **final, "checkpoint": str(path), "model": str(model_dir)}
+
+
+HELP = "Bradley-Terry reward model on a causal LM backbone (pairwise accuracy eval)"
+CONFIG = RewardConfig
+
+
+def run(cfg: RewardConfig) -> dict:
+    return RewardTrainer(cfg).train()
