@@ -1,0 +1,281 @@
+"""`posttrain prm`: train a process reward model with per-step BCE on stepwise data.
+
+Data (``--data``):
+- a stepwise file (prompt, completions = steps, labels = one label in [0, 1] per step), validated by
+  `posttrain.data.load_examples` (a row whose label count differs from its step count is an error
+  naming the file, row and field, or a counted skip with ``--data.on_error skip``);
+- PRM800K phase-1 parquet rows (instruction, responses = earlier steps, next_response, rating), one
+  stepwise row per rated step (`prm800k_rows`): Lightman et al. 2023, "Let's Verify Step by Step";
+- ``task:SPEC`` (e.g. ``task:addition:scratchpad=1``): steps labelled automatically, Math-Shepherd
+  style (Wang et al. 2024, "Math-Shepherd: Verify and Reinforce LLMs Step-by-step without Human
+  Annotations"): the policy (``--prm.policy``) samples solutions; from the prefix ending at each step
+  it rolls out N completions and the step's soft label is the share that reach the right answer
+  (hard label, their "HE": 1 if any does). The final step's label is the solution's own correctness.
+
+Model: `posttrain.models.prm.ProcessRewardModel` (a backbone from ``--model`` plus a linear head at
+each step's separator). Loss: `losses.reward.prm_step_loss`, summed over steps and divided by the
+step's total step count, so micro-batch splits give the same update.
+
+Departures: PRM800K rows carry only the rating of their last step; the earlier steps (those the
+rater continued from) are labelled 1, and neutral ratings (0) map to ``--prm.neutral_label``
+(default 1: "not an error", the convention first-error benchmarks such as ProcessBench use).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from posttrain.checkpoint import save_checkpoint
+from posttrain.data import DataError, load_examples, read_rows
+from posttrain.logging import MetricsLogger, ProgressBar, console, warn
+from posttrain.losses.reward import prm_step_loss
+from posttrain.models.prm import PRMScorer, ProcessRewardModel, collate_steps, encode_steps, prompt_ids, split_token_steps
+from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, seed_everything
+
+__all__ = ["PRMOptions", "PRMConfig", "PRMTrainer", "prm800k_rows", "auto_label", "split_token_steps", "run"]
+
+
+@dataclass(frozen=True)
+class PRMOptions:
+    step_sep: str = "\n"
+    sequences_per_step: int = 32
+    sequences_per_microbatch: int = 32
+    labels: str = "soft"  # soft | hard (a label > 0 becomes 1)
+    neutral_label: float = 1.0  # PRM800K rating 0
+    eval_share: float = 0.1  # rows held out for step accuracy
+    # Math-Shepherd automatic labels (task data)
+    policy: str = ""  # the model that rolls out (a folder); empty: model.name
+    label_problems: int = 256
+    solutions_per_problem: int = 4
+    rollouts_per_step: int = 8
+    label_temperature: float = 1.0
+    label_max_new_tokens: int = 64
+    # ProcessBench at the end (a split file such as processbench/gsm8k.json); empty: skipped
+    processbench: str = ""
+    processbench_limit: int = 0
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class PRMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(path="task:addition:scratchpad=1", train_rows=1000))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/prm"))
+    prm: PRMOptions = field(default_factory=PRMOptions)
+
+
+_RATING_COLUMNS = {"instruction", "next_response", "rating"}
+
+
+def prm800k_rows(source, neutral_label: float = 1.0, limit: int = 0, on_error: str = "raise") -> tuple[list[dict], int]:
+    """Stepwise rows from PRM800K phase-1 "stepwise-critic" rows, and the number of rows skipped."""
+    rows = read_rows(source)
+    if limit > 0:
+        rows = rows[:limit]
+    out, skipped = [], 0
+    for r in rows:
+        d = r.data
+        try:
+            rating = d.get("rating")
+            if not isinstance(rating, (int, float)) or rating != rating or rating not in (-1, 0, 1):
+                raise DataError(f"{r.where('rating')}: expected -1, 0 or 1, got {rating!r}")
+            prior = d.get("responses") if d.get("responses") is not None else []
+            if not isinstance(prior, list) or not all(isinstance(s, str) for s in prior):
+                raise DataError(f"{r.where('responses')}: expected a list of earlier step strings")
+            if not isinstance(d.get("next_response"), str) or not d["next_response"].strip():
+                raise DataError(f"{r.where('next_response')}: expected a non-empty step string")
+        except DataError:
+            if on_error == "raise":
+                raise
+            skipped += 1
+            continue
+        last = {1: 1.0, 0: neutral_label, -1: 0.0}[int(rating)]
+        out.append({"prompt": d["instruction"], "completions": [*prior, d["next_response"]],
+                    "labels": [1.0] * len(prior) + [last]})
+    return out, skipped
+
+
+def auto_label(engine, tokenizer, rows: list[dict], verify, opts: PRMOptions, seed: int = 0) -> list[dict]:
+    """Math-Shepherd labels (see the module docstring): rows {prompt, answer} -> stepwise rows."""
+    p_ids = [prompt_ids(tokenizer, r["prompt"], chat=True) for r in rows]
+    sols = engine.generate(p_ids, SamplingParams(n=opts.solutions_per_problem, temperature=opts.label_temperature,
+                                                 max_new_tokens=opts.label_max_new_tokens, seed=seed))
+    items, prefixes = [], []  # items: (row index, steps, ends, final correct); prefixes: (item, step, ids)
+    for i, group in enumerate(sols):
+        for c in group:
+            steps, ends = split_token_steps(tokenizer, list(c.token_ids), opts.step_sep)
+            if not steps:
+                continue
+            item = len(items)
+            items.append((i, steps, ends, bool(verify(c.text, rows[i]["answer"]))))
+            prefixes += [(item, k, p_ids[i] + list(c.token_ids[: ends[k]])) for k in range(len(steps) - 1)]
+    outs = engine.generate([p for _, _, p in prefixes],
+                           SamplingParams(n=opts.rollouts_per_step, temperature=opts.label_temperature,
+                                          max_new_tokens=opts.label_max_new_tokens, seed=seed + 1))
+    labels = [[0.0] * (len(s) - 1) + [float(ok)] for _, s, _, ok in items]
+    for (item, k, pids), group in zip(prefixes, outs):
+        i = items[item][0]
+        head = tokenizer.decode(pids[len(p_ids[i]):], skip_special_tokens=True)
+        share = sum(bool(verify(head + c.text, rows[i]["answer"])) for c in group) / len(group)
+        labels[item][k] = share if opts.labels == "soft" else float(share > 0)
+    return [{"prompt": rows[i]["prompt"], "completions": steps, "labels": lab, "answer": rows[i]["answer"]}
+            for (i, steps, _, _), lab in zip(items, labels)]
+
+
+def _is_prm800k(path: str) -> bool:
+    if not path.endswith(".parquet"):
+        return False
+    import pyarrow.parquet as pq
+
+    return _RATING_COLUMNS <= set(pq.read_schema(path).names)
+
+
+def load_prm_rows(cfg: PRMConfig, seed: int = 0) -> list[dict]:
+    """Stepwise rows for `cfg.data.path` (see the module docstring), validated by `load_examples`."""
+    path, opts = cfg.data.path, cfg.prm
+    if path.startswith("task:"):
+        from posttrain.models import load_model_and_tokenizer
+        from posttrain.tasks import load_task_spec
+
+        task = load_task_spec(path[len("task:"):])
+        policy, ptok = load_model_and_tokenizer(opts.policy or cfg.model.name, seed=seed)
+        rows = task.rl_rows(opts.label_problems, seed=seed + 11)
+        console.print(f"prm: labelling {len(rows)} problems x {opts.solutions_per_problem} solutions, "
+                      f"{opts.rollouts_per_step} rollouts per step (Math-Shepherd) with {opts.policy or cfg.model.name}")
+        raw = auto_label(HFEngine(policy, ptok, sequences_per_batch=256), ptok, rows, task.verify, opts, seed)
+    elif _is_prm800k(path):
+        raw, skipped = prm800k_rows(path, opts.neutral_label, cfg.data.train_rows, cfg.data.on_error)
+        if skipped:
+            warn(f"{path}: skipped {skipped} malformed PRM800K rows")
+    else:
+        examples, report = load_examples(path, kind="stepwise", columns=cfg.data.columns,
+                                         on_error=cfg.data.on_error, limit=cfg.data.train_rows)
+        console.print(f"data: {report.summary()}")
+        return [{"prompt": e.prompt, "completions": e.steps, "labels": e.step_labels} for e in examples]
+    examples, report = load_examples(raw, kind="stepwise", on_error=cfg.data.on_error)
+    return [{"prompt": e.prompt, "completions": e.steps, "labels": e.step_labels} for e in examples]
+
+
+class PRMTrainer:
+    def __init__(self, cfg: PRMConfig, model=None, tokenizer=None, rows: list[dict] | None = None):
+        from posttrain.models import load_model_and_tokenizer
+
+        self.cfg = cfg
+        seed_everything(cfg.train.seed)
+        rows = rows if rows is not None else load_prm_rows(cfg, cfg.train.seed)
+        if model is None:
+            model, tokenizer = load_model_and_tokenizer(cfg.model.name, seed=cfg.train.seed)
+        self.tokenizer = tokenizer
+        self.prm = ProcessRewardModel(model, cfg.prm.step_sep, chat=True)
+        self.rows = rows
+        enc = [encode_steps(tokenizer, r["prompt"], r["completions"], cfg.prm.step_sep, True, cfg.data.max_length) for r in rows]
+        labels = [[float(x > 0) if cfg.prm.labels == "hard" else x for x in r["labels"]] for r in rows]
+        kept = [i for i, e in enumerate(enc) if e.step_positions]
+        cut = sum(len(enc[i].step_positions) < len(rows[i]["completions"]) for i in kept)
+        if len(kept) < len(enc) or cut:
+            warn(f"{len(enc) - len(kept)} rows dropped (prompt alone exceeds data.max_length={cfg.data.max_length}), "
+                 f"{cut} cut short")
+        if cfg.prm.labels not in ("soft", "hard"):
+            raise ValueError(f"prm.labels must be 'soft' or 'hard', got {cfg.prm.labels!r}")
+        n_eval = int(len(kept) * cfg.prm.eval_share) if len(kept) > 10 else 0
+        perm = torch.randperm(len(kept), generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
+        self.eval_set = [(enc[kept[j]], labels[kept[j]]) for j in perm[:n_eval]]
+        self.train_set = [(enc[kept[j]], labels[kept[j]]) for j in perm[n_eval:]]
+        if not self.train_set:
+            raise DataError(f"{cfg.data.path}: no usable PRM training rows")
+        self.opt, self.sched = build_optimizer(self.prm, cfg.optim, cfg.train.max_steps)
+        self.order = DataOrder(len(self.train_set), cfg.train.seed)
+        self.run_dir = Path(cfg.train.out)
+        self.step = 0
+        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg))
+
+    def _batch(self, items):
+        return collate_steps([e for e, _ in items], self.tokenizer.pad_token_id or 0, [lab for _, lab in items])
+
+    def train_step(self) -> dict:
+        c = self.cfg.prm
+        items = [self.train_set[i] for i in self.order.take(c.sequences_per_step)]
+        n_steps = sum(len(e.step_positions) for e, _ in items)
+        self.prm.train()
+        total, acc = 0.0, 0.0
+        for s in range(0, len(items), c.sequences_per_microbatch):
+            b = self._batch(items[s : s + c.sequences_per_microbatch])
+            logits = self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"])
+            loss, stats = prm_step_loss(logits, b["step_labels"], b["step_mask"])
+            (loss.sum() / n_steps).backward()
+            total += float(loss.detach().sum())
+            acc += float(stats["accuracy"]) * float(stats["num_steps"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.prm.parameters(), self.cfg.optim.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            raise FloatingPointError(f"step {self.step + 1}: gradient norm is {grad_norm}")
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        return {"loss": total / n_steps, "step_accuracy": acc / n_steps, "grad_norm": float(grad_norm), "lr": lr}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        out: dict = {}
+        if self.eval_set:
+            self.prm.eval()
+            tot, acc, n = 0.0, 0.0, 0
+            for s in range(0, len(self.eval_set), self.cfg.prm.sequences_per_microbatch):
+                b = self._batch(self.eval_set[s : s + self.cfg.prm.sequences_per_microbatch])
+                loss, st = prm_step_loss(self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"]),
+                                         b["step_labels"], b["step_mask"])
+                tot, acc, n = tot + float(loss.sum()), acc + float(st["accuracy"] * st["num_steps"]), n + int(st["num_steps"])
+            out = {"eval/loss": tot / max(n, 1), "eval/step_accuracy": acc / max(n, 1)}
+        if self.cfg.prm.processbench:
+            from posttrain.eval.processbench import evaluate_processbench
+
+            pb = evaluate_processbench(self.scorer(), self.cfg.prm.processbench, self.cfg.prm.threshold, self.cfg.prm.processbench_limit)
+            out.update({f"processbench/{k}": v for k, v in pb.items()})
+        return out
+
+    def scorer(self, batch_size: int = 16) -> PRMScorer:
+        return PRMScorer(self.prm, self.tokenizer, batch_size=batch_size, max_length=self.cfg.data.max_length)
+
+    def save(self) -> Path:
+        return save_checkpoint(self.run_dir, self.step, self.prm, self.tokenizer, {"optimizer": self.opt.state_dict()},
+                               self.cfg.train.keep_checkpoints)
+
+    def train(self) -> dict:
+        c = self.cfg
+        console.print(f"prm config: {json.dumps(dataclasses.asdict(c), default=str)}")
+        pos = sum(sum(lab) for _, lab in self.train_set) / max(1, sum(len(lab) for _, lab in self.train_set))
+        console.print(f"prm sizes: train rows {len(self.train_set)}, eval rows {len(self.eval_set)}, mean step label {pos:.3f}")
+        last: dict = {}
+        t0 = time.perf_counter()
+        with ProgressBar(c.train.max_steps, "prm", c.train.progress) as bar:
+            while self.step < c.train.max_steps:
+                m = self.train_step()
+                if c.train.eval_every and self.step % c.train.eval_every == 0 and self.step < c.train.max_steps:
+                    m.update(self.evaluate())
+                if self.step % c.train.log_every == 0:
+                    self.logger.log(m, self.step)
+                bar.update(self.step, loss=m["loss"], acc=m["step_accuracy"])
+                last = m
+        final = self.evaluate()
+        self.logger.log({**final, "train_seconds": time.perf_counter() - t0}, self.step)
+        if final:
+            console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+        path = self.save()
+        self.logger.close()
+        return {**last, **final, "checkpoint": str(path)}
+
+
+HELP = "train a process reward model (PRM800K, stepwise files, or Math-Shepherd auto-labelled task steps)"
+CONFIG = PRMConfig
+
+
+def run(cfg: PRMConfig) -> dict:
+    return PRMTrainer(cfg).train()

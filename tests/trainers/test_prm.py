@@ -1,0 +1,170 @@
+"""PRM: data conversion and validation, step encoding, the head, Math-Shepherd labels on a scripted
+engine, a tiny training run that learns, ProcessBench F1, the scorer and dense RL rewards."""
+import math
+import re
+
+import pytest
+import torch
+
+from posttrain.data import DataError, load_examples
+from posttrain.eval.processbench import baseline_f1, first_error, load_processbench, processbench_f1
+from posttrain.models import build_char_tokenizer
+from posttrain.models.prm import PRMScorer, ProcessRewardModel, collate_steps, encode_steps, load_prm, split_token_steps
+from posttrain.rewards.prm import prm_step_rewards
+from posttrain.rollout.base import Completion
+from posttrain.trainers.common import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from posttrain.trainers.prm import PRMConfig, PRMOptions, PRMTrainer, auto_label, prm800k_rows
+
+
+def test_prm800k_rows_conversion_and_bad_rating():
+    rows = [
+        {"instruction": "Q1", "responses": [], "next_response": "s1", "rating": 1.0},
+        {"instruction": "Q1", "responses": ["s1"], "next_response": "s2", "rating": -1.0},
+        {"instruction": "Q2", "responses": ["t1", "t2"], "next_response": "t3", "rating": 0.0},
+    ]
+    out, skipped = prm800k_rows(rows, neutral_label=0.5)
+    assert skipped == 0
+    assert out[1] == {"prompt": "Q1", "completions": ["s1", "s2"], "labels": [1.0, 0.0]}
+    assert out[2]["labels"] == [1.0, 1.0, 0.5]
+    bad = rows + [{"instruction": "Q3", "responses": [], "next_response": "x", "rating": float("nan")}]
+    with pytest.raises(DataError, match=r"row 4: field 'rating'"):
+        prm800k_rows(bad)
+    assert prm800k_rows(bad, on_error="skip")[1] == 1
+
+
+def test_stepwise_label_count_mismatch_is_named_error_or_counted_skip():
+    rows = [{"prompt": "p", "completions": ["a", "b"], "labels": [1, 0]},
+            {"prompt": "p", "completions": ["a", "b", "c"], "labels": [1, 0]}]
+    with pytest.raises(DataError, match=r"row 2: field 'labels': 2 labels for 3 steps"):
+        load_examples(rows, kind="stepwise")
+    kept, report = load_examples(rows, kind="stepwise", on_error="skip")
+    assert len(kept) == 1 and sum(report.skipped.values()) == 1
+
+
+def test_encode_steps_positions_are_separators_and_collate():
+    tok = build_char_tokenizer()
+    enc = encode_steps(tok, "1+2", ["1+2+0=3 c0", "#### 3\n"], "\n")
+    nl = tok.convert_tokens_to_ids("\n")
+    assert [enc.input_ids[p] for p in enc.step_positions] == [nl, nl]
+    assert tok.decode(enc.input_ids).endswith("<|assistant|>1+2+0=3 c0\n#### 3\n")
+    short = encode_steps(tok, "1+2", ["aaaa", "bbbb"], "\n", max_length=len(enc.input_ids) - 12)
+    assert len(short.step_positions) == 1
+    b = collate_steps([enc, short], tok.pad_token_id, [[1.0, 0.0], [0.5]])
+    assert b["step_mask"].tolist() == [[True, True], [True, False]] and b["step_labels"][1, 0] == 0.5
+
+
+def test_step_logits_batched_equal_one_by_one(tiny):
+    model, tok = tiny
+    prm = ProcessRewardModel(model).eval()
+    encs = [encode_steps(tok, "12+3", ["a", "bb", "c"]), encode_steps(tok, "1+1", ["xyz"])]
+    b = collate_steps(encs, tok.pad_token_id)
+    with torch.no_grad():
+        both = prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"])
+        for i, e in enumerate(encs):
+            one = collate_steps([e], tok.pad_token_id)
+            alone = prm.step_logits(one["input_ids"], one["attention_mask"], one["step_positions"])[0]
+            torch.testing.assert_close(both[i, : len(e.step_positions)], alone, atol=1e-5, rtol=1e-5)
+
+
+class ShepherdEngine:
+    """Solutions: 'a\\nb\\n#### 5' (right) and 'a\\nz\\n#### 7' (wrong). From a prefix ending 'a\\n',
+    even rollouts finish right, odd ones wrong; after 'b\\n' all right; after 'z\\n' all wrong."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def _c(self, text):
+        ids = self.tok.encode(text, add_special_tokens=False) + [self.tok.eos_token_id]
+        return Completion(ids, [0.0] * len(ids), "stop", text)
+
+    def generate(self, prompts, params):
+        out = []
+        for ids in prompts:
+            ctx = self.tok.decode(ids, skip_special_tokens=False)
+            if ctx.endswith("<|assistant|>"):
+                out.append([self._c(["a\nb\n#### 5", "a\nz\n#### 7"][j % 2]) for j in range(params.n)])
+            elif ctx.endswith("a\n"):
+                out.append([self._c(["b\n#### 5", "q\n#### 6"][j % 2]) for j in range(params.n)])
+            elif ctx.endswith("b\n"):
+                out.append([self._c("#### 5") for _ in range(params.n)])
+            else:
+                out.append([self._c("#### 7") for _ in range(params.n)])
+        return out
+
+
+def test_math_shepherd_auto_labels_soft_and_hard():
+    tok = build_char_tokenizer()
+    verify = lambda text, ans: re.search(r"#### (\d+)", text).group(1) == ans  # noqa: E731
+    rows = [{"prompt": [{"role": "user", "content": "2+3"}], "answer": "5"}]
+    opts = PRMOptions(solutions_per_problem=2, rollouts_per_step=4)
+    out = auto_label(ShepherdEngine(tok), tok, rows, verify, opts)
+    assert [r["completions"] for r in out] == [["a", "b", "#### 5"], ["a", "z", "#### 7"]]
+    assert [r["labels"] for r in out] == [[0.5, 1.0, 1.0], [0.5, 0.0, 0.0]]
+    hard = auto_label(ShepherdEngine(tok), tok, rows, verify, PRMOptions(solutions_per_problem=2, rollouts_per_step=4, labels="hard"))
+    assert [r["labels"] for r in hard] == [[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+
+
+def _rows(n, seed=0):
+    """Steps '<digits> ok' (label 1) or '<digits> no' (label 0), three per row."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        good = (torch.rand(3, generator=g) < 0.5).tolist()
+        digits = torch.randint(10, 99, (3,), generator=g).tolist()
+        rows.append({"prompt": "check", "completions": [f"{d} {'ok' if ok else 'no'}" for d, ok in zip(digits, good)],
+                     "labels": [float(ok) for ok in good]})
+    return rows
+
+
+def test_tiny_prm_learns_to_check_steps(tmp_path):
+    from posttrain.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer("tiny-llama:d=32,l=1,h=2", seed=0)
+    cfg = PRMConfig(data=DataConfig(path="<rows>", max_length=64), optim=OptimConfig(lr=1e-2, warmup_steps=3),
+                    train=TrainConfig(out=str(tmp_path), max_steps=40, progress=False),
+                    prm=PRMOptions(sequences_per_step=32, sequences_per_microbatch=16, eval_share=0.2))
+    tr = PRMTrainer(cfg, model, tok, rows=_rows(200))
+    before = tr.evaluate()
+    res = tr.train()
+    assert res["eval/loss"] < before["eval/loss"] - 0.3
+    assert res["eval/step_accuracy"] > 0.95
+    prm, tok2 = load_prm(tmp_path)  # the run folder's latest checkpoint
+    s1 = PRMScorer(tr.prm, tok).score_steps("check", [["12 ok", "34 no"]])
+    s2 = PRMScorer(prm, tok2).score_steps("check", [["12 ok", "34 no"]])
+    assert s1[0] == pytest.approx(s2[0], abs=1e-5) and s1[0][0] > 0.5 > s1[0][1]
+
+
+def test_processbench_f1_and_loader(tmp_path):
+    m = processbench_f1([-1, 2, 0, -1, 1], [-1, 2, 1, 0, -1])
+    assert m["error_acc"] == pytest.approx(1 / 3) and m["correct_acc"] == pytest.approx(1 / 2)
+    assert m["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+    assert baseline_f1([-1, 2, 1, 0, -1]) == 0.0
+    assert first_error([0.9, 0.7, 0.4, 0.9]) == 2 and first_error([0.9, 0.6]) == -1
+    path = tmp_path / "pb.json"
+    path.write_text('[{"problem": "p", "steps": ["a", "b"], "label": 1}, {"problem": "q", "steps": ["a"], "label": 3}]')
+    with pytest.raises(DataError, match=r"row 2: field 'label'"):
+        load_processbench(path)
+    assert load_processbench(path, limit=1)[0]["label"] == 1
+
+
+class FixedScorer:
+    def __init__(self):
+        self.calls = []
+
+    def score_steps(self, prompt, steps_list):
+        self.calls.append((prompt, steps_list))
+        return [[0.1 * (i + 1) for i in range(len(s))] for s in steps_list]
+
+
+def test_prm_step_rewards_land_on_step_end_tokens():
+    tok = build_char_tokenizer()
+    texts = ["ab\ncd\n#### 3", "x\n"]
+    ids = [tok.encode(t, add_special_tokens=False) + [tok.eos_token_id] for t in texts]
+    scorer = FixedScorer()
+    out = prm_step_rewards(scorer, ["p", "p"], texts, ids, tok, "\n", baseline=0.05)
+    assert [i for i, _ in out[0]] == [2, 5, 11] and [i for i, _ in out[1]] == [1]
+    assert [r for _, r in out[0]] == pytest.approx([0.05, 0.15, 0.25])
+    assert len(scorer.calls) == 1 and scorer.calls[0][1] == [["ab", "cd", "#### 3"], ["x"]]
+    assert split_token_steps(tok, ids[0], "\n")[1] == [3, 6, 12]
+    with pytest.raises(ValueError, match="must be equal"):
+        prm_step_rewards(scorer, ["p"], texts, ids, tok)
