@@ -41,7 +41,7 @@ def wrong_sum(a: int, b: int, rng: random.Random) -> int:
     right = a + b
     no_carry = int("".join(str((int(x) + int(y)) % 10) for x, y in zip(str(a).zfill(len(str(b))), str(b).zfill(len(str(a))))))
     text = str(right)
-    candidates = [no_carry] if no_carry != right else []
+    candidates = [no_carry] if no_carry != right and len(str(no_carry)) >= len(text) - 1 else []
     i = rng.randrange(len(text))
     d = int(text[i]) + rng.choice((-1, 1))
     if 0 <= d <= 9 and not (i == 0 and d == 0):
