@@ -39,7 +39,7 @@ from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint,
 from posttrain.data import encode_prompt
 from posttrain.logging import MetricsLogger, ProgressBar, console, warn
 from posttrain.models import load_model_and_tokenizer
-from posttrain.ops import aggregate, kl_estimate, masked_mean
+from posttrain.ops import masked_mean
 from posttrain.rewards import make_overlong_penalty
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.common import (
@@ -50,9 +50,9 @@ from posttrain.trainers.rl_batch import (
     RolloutBatch, ValueModel, batched_no_grad, build_reward_fns, collate_completions, is_empty_prompt,
     policy_forward, prompt_text, score,
 )
-from posttrain.trainers.rl_presets import GROUP_ESTIMATORS, TOKEN_REWARD_ESTIMATORS, Algorithm, resolve_algorithm
+from posttrain.trainers.rl_presets import Algorithm, resolve_algorithm
 from posttrain.trainers.rl_update import (
-    health_warnings, merge_stats, mismatch_stats, update_dpo, update_policy, update_value,
+    health_warnings, kl_shaped_rewards, merge_stats, mismatch_stats, update_dpo, update_policy, update_value,
 )
 
 
@@ -145,9 +145,9 @@ class RLTrainer:
     # ------------------------------------------------------------------ set-up
     def _load_data(self, reward_fns) -> None:
         cfg, c = self.cfg, self.cfg.rl
-        rows, self.task = load_split(cfg.data, "rl")
+        rows, self.task, self.load_counts = self._read_rows()
         max_prompt = cfg.data.max_length - c.max_new_tokens
-        self.rows, self.prompt_ids, self.load_counts = [], [], Counter()
+        self.rows, self.prompt_ids = [], []
         for ex in rows:
             ids = [] if is_empty_prompt(ex) else encode_prompt(self.tokenizer, ex.prompt)
             if not ids:
@@ -167,6 +167,19 @@ class RLTrainer:
         self.eval_rows = load_split(cfg.data, "eval")[0] if cfg.data.eval_rows > 0 else []
         self.verify = default_verifier(self.task)
         self.order = DataOrder(len(self.rows), cfg.train.seed)
+
+    def _read_rows(self):
+        """(examples, task, counts of rows skipped at load by reason) for the rl split."""
+        d = self.cfg.data
+        if d.path.startswith("task:"):
+            rows, task = load_split(d, "rl")
+            return rows, task, Counter()
+        from posttrain.data import load_examples
+
+        rows, report = load_examples(d.path, kind=d.kind or None, columns=d.columns, on_error=d.on_error, limit=d.train_rows)
+        console.print(f"rl data: {report.summary()}")
+        counts = Counter({("empty_prompt" if "empty" in reason else f"bad_row: {reason}"): k for reason, k in report.skipped.items()})
+        return rows, None, counts
 
     @staticmethod
     def _frozen_copy(model):
@@ -306,12 +319,7 @@ class RLTrainer:
             return
         rewards, token_rewards = batch.rewards, None
         if alg.kl_placement == "reward" and batch.ref_logp is not None:
-            kl = kl_estimate(batch.old_logp, batch.ref_logp, alg.kl_estimator) * batch.token_mask
-            m["kl_in_reward"] = float(masked_mean(kl, batch.token_mask))
-            if alg.estimator in TOKEN_REWARD_ESTIMATORS:
-                token_rewards = -alg.kl_coef * kl
-            else:
-                rewards = rewards - alg.kl_coef * kl.sum(-1)
+            rewards, token_rewards, m["kl_in_reward"] = kl_shaped_rewards(alg, batch.rewards, batch.old_logp, batch.ref_logp, batch.token_mask)
         adv, ret = compute_advantages(
             alg.estimator, rewards, batch.group_ids, baseline_rewards=batch.baseline, values=batch.values,
             token_rewards=token_rewards, mask=batch.token_mask, gamma=alg.gamma, lam=alg.lam,

@@ -13,7 +13,7 @@ from posttrain.losses.preference import PREFERENCE_LOSSES, PreferenceLogps
 from posttrain.losses.value import value_loss
 from posttrain.ops import aggregate, kl_estimate, masked_mean
 from posttrain.trainers.rl_batch import RolloutBatch, microbatches, policy_forward
-from posttrain.trainers.rl_presets import GROUP_ESTIMATORS, Algorithm
+from posttrain.trainers.rl_presets import GROUP_ESTIMATORS, TOKEN_REWARD_ESTIMATORS, Algorithm
 
 _SUMMED = ("loss", "value_loss", "pairs")  # stats that add over micro-batches; the rest are token-weighted means
 
@@ -85,6 +85,19 @@ def _mismatch(trainer_logp, rollout_logp, mask) -> dict:
 
 def mismatch_stats(trainer_logp, batch: RolloutBatch) -> dict:
     return {k: float(v) for k, v in _mismatch(trainer_logp, batch.rollout_logp, batch.token_mask).items()}
+
+
+def kl_shaped_rewards(alg: Algorithm, rewards, old_logp, ref_logp, token_mask):
+    """KL in the reward: (rewards (N,), token_rewards (N, T) or None, mean per-token kl).
+
+    Token-level estimators get per-token rewards -beta * kl_t (the outcome is added at the last token
+    by the estimator); sequence-level ones get r - beta * sum_t kl_t.
+    """
+    kl = kl_estimate(old_logp, ref_logp, alg.kl_estimator) * token_mask
+    mean = float(masked_mean(kl, token_mask))
+    if alg.estimator in TOKEN_REWARD_ESTIMATORS:
+        return rewards, -alg.kl_coef * kl, mean
+    return rewards - alg.kl_coef * kl.sum(-1), None, mean
 
 
 def dpo_pairs(batch: RolloutBatch, idx: list[int]) -> list[tuple[int, int]]:
