@@ -151,9 +151,9 @@ def policy_forward(model, prompt_ids, completion, token_mask, pad_id: int, tempe
     entropy: "grad" (for an entropy bonus), "no_grad" (for logging) or "none".
     """
     ids, attn, pos, P = _layout(prompt_ids, completion, token_mask, pad_id)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits
-    T = completion.shape[1]
-    logits = logits[:, P - 1 : P + T - 1].float()
+    T = completion.shape[1]  # only the last T + 1 positions' logits are needed (no LM head on the prompt)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits
+    logits = logits[:, :T].float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp = token_logprobs(logits, completion)
