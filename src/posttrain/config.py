@@ -123,6 +123,11 @@ def build(cls, tree: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+def _resolve_alias(cls, key: str) -> str:
+    target = ALIASES.get(key)
+    return target if target is not None and target in valid_keys(cls) else key
+
+
 def load_config(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None):
     """Defaults <- YAML file <- overrides (dotted keys or aliases)."""
     tree: dict = {}
@@ -132,10 +137,10 @@ def load_config(cls, yaml_path: str | Path | None = None, overrides: dict[str, A
         if not isinstance(raw, dict):
             raise ConfigError(f"{yaml_path}: expected a mapping at the top level")
         for k, v in _flatten(raw).items():
-            _set(tree, ALIASES.get(k, k), v, cls, f"{k} (in {yaml_path})")
+            _set(tree, _resolve_alias(cls, k), v, cls, f"{k} (in {yaml_path})")
     for k, v in (overrides or {}).items():
         k = k.replace("-", "_")
-        _set(tree, ALIASES.get(k, k), v, cls, k)
+        _set(tree, _resolve_alias(cls, k), v, cls, k)
     return build(cls, tree)
 
 

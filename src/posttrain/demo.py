@@ -20,12 +20,12 @@ from posttrain.trainers.sft import SFTConfig, SFTOptions, SFTTrainer
 @dataclass(frozen=True)
 class DemoConfig:
     out: str = "runs/demo"
-    task: str = "addition"
+    task: str = "addition:scratchpad=1"  # 3-digit addition, one column per line, then "#### sum"
     model: str = "tiny-llama:d=128,l=4,h=4"
     seed: int = 0
-    sft_steps: int = 1200
+    sft_steps: int = 700
     sft_lr: float = 3e-3
-    sequences_per_step: int = 128
+    sequences_per_step: int = 64
     eval_problems: int = 200
     stages: tuple[str, ...] = ("sft",)
     progress: bool = True
@@ -39,7 +39,7 @@ def _sft_config(cfg: DemoConfig, run_dir: Path) -> SFTConfig:
         train=TrainConfig(out=str(run_dir / "sft"), max_steps=cfg.sft_steps, seed=cfg.seed,
                           eval_every=max(1, cfg.sft_steps // 6), progress=cfg.progress),
         sft=SFTOptions(sequences_per_step=cfg.sequences_per_step, sequences_per_microbatch=cfg.sequences_per_step,
-                       eval_max_new_tokens=8),
+                       eval_max_new_tokens=48),
     )
 
 

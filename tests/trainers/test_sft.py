@@ -100,3 +100,20 @@ def test_loss_falls_and_lora_trains_only_adapters(tmp_path):
     assert any("lora" in n for n, p in t.model.named_parameters() if p.requires_grad)
     path = t.save()
     assert (path / "adapter_model.safetensors").exists()
+
+
+def test_file_data_eval_loss_and_reference_answers(tmp_path):
+    rows = [{"question": f"{a}+{a}", "answer": f"{a}+{a}={2 * a}\n#### {2 * a}"} for a in range(10, 30)]
+    train, held = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[16:]))
+    cfg = SFTConfig(
+        model=ModelConfig(name=MODEL),
+        data=DataConfig(path=str(train), eval_path=str(held), columns={"question": "prompt", "answer": "completion"}),
+        train=TrainConfig(out=str(tmp_path / "f"), max_steps=2, progress=False),
+        sft=SFTOptions(sequences_per_step=8, sequences_per_microbatch=4, eval_max_new_tokens=4),
+    )
+    t = SFTTrainer(cfg)
+    assert [ex.answer for ex in t.answered] == ["52", "54", "56", "58"]
+    out = t.train()
+    assert out["eval/loss"] > 0 and 0.0 <= out["eval/accuracy"] <= 1.0

@@ -170,6 +170,8 @@ def _parse(row: Row, kind: str) -> Example:
             ex.prompt, ex.chosen, ex.rejected = _split_implicit_prompt(row, chosen, rejected)
             if ex.chosen == ex.rejected or not ex.chosen or not ex.rejected:
                 raise DataError(f"{row.where('rejected')}: after removing the shared prompt, a response is empty")
+    if ex.answer is None and d.get("answer") not in (None, ""):
+        ex.answer = str(d["answer"]).strip()  # a reference answer beside any kind (for exact-match eval)
     known = {"text", "messages", "prompt", "completion", "chosen", "rejected", "label", "completions", "labels", "answer"}
     ex.extra = {k: v for k, v in d.items() if k not in known}
     return ex

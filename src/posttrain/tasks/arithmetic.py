@@ -77,10 +77,10 @@ class Addition(Task):
     def _prompt(self, a: int, b: int):
         return [{"role": "user", "content": f"{a}+{b}"}]
 
-    def sft_rows(self, n, seed=0):
+    def sft_rows(self, n, seed=0, held_out=False):
         return [
             {"prompt": self._prompt(a, b), "completion": [{"role": "assistant", "content": self.completion(a, b)}], "answer": str(a + b)}
-            for a, b in self._problems(n, seed, held_out=False)
+            for a, b in self._problems(n, seed, held_out=held_out)
         ]
 
     def rl_rows(self, n, seed=1):

@@ -25,7 +25,7 @@ def in_eval_split(key: str, eval_share: int = 10) -> bool:
 class Task:
     name: str
 
-    def sft_rows(self, n: int, seed: int = 0) -> list[dict]:
+    def sft_rows(self, n: int, seed: int = 0, held_out: bool = False) -> list[dict]:
         raise NotImplementedError
 
     def rl_rows(self, n: int, seed: int = 1) -> list[dict]:

@@ -69,10 +69,10 @@ class Countdown(Task):
         return {"prompt": self._prompt(nums, target), "answer": f"{target}|{' '.join(map(str, nums))}",
                 "nums": nums, "target": target}
 
-    def sft_rows(self, n, seed=0):
+    def sft_rows(self, n, seed=0, held_out=False):
         return [
             {**self._row(nums, t), "completion": [{"role": "assistant", "content": e}]}
-            for nums, t, e in self._problems(n, seed, False)
+            for nums, t, e in self._problems(n, seed, held_out)
         ]
 
     def rl_rows(self, n, seed=1):

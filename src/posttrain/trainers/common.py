@@ -154,7 +154,7 @@ def default_verifier(task=None) -> Callable[[str, str], bool]:
 
 
 def load_split(data_cfg: DataConfig, split: str, kind: str | None = None):
-    """Examples for `split` ('sft' | 'rl' | 'eval' | 'pref') and the task (None for file data).
+    """Examples for `split` ('sft' | 'sft_eval' | 'rl' | 'eval') and the task (None for file data).
 
     `task:NAME[:k=v]` generates rows with the built-in task; anything else is read from a path.
     """
@@ -165,14 +165,19 @@ def load_split(data_cfg: DataConfig, split: str, kind: str | None = None):
     kind = kind or data_cfg.kind or None
     if data_cfg.path.startswith("task:"):
         task = load_task_spec(data_cfg.path[len("task:"):])
-        n = data_cfg.eval_rows if split == "eval" else data_cfg.train_rows
-        rows = {"sft": task.sft_rows, "rl": task.rl_rows, "eval": task.eval_rows}[split](n)
-        examples, _ = load_examples(rows, kind="verifiable" if split != "sft" else kind)
+        evaluating = split in ("eval", "sft_eval")
+        n = data_cfg.eval_rows if evaluating else data_cfg.train_rows
+        if split == "sft_eval":
+            rows = task.sft_rows(n, seed=2, held_out=True)
+        else:
+            rows = {"sft": task.sft_rows, "rl": task.rl_rows, "eval": task.eval_rows}[split](n)
+        examples, _ = load_examples(rows, kind="verifiable" if split in ("rl", "eval") else kind)
         return examples, task
-    path = data_cfg.eval_path if split == "eval" else data_cfg.path
+    evaluating = split in ("eval", "sft_eval")
+    path = data_cfg.eval_path if evaluating else data_cfg.path
     if not path:
         return [], None
-    limit = data_cfg.eval_rows if split == "eval" else data_cfg.train_rows
+    limit = data_cfg.eval_rows if evaluating else data_cfg.train_rows
     examples, report = load_examples(path, kind=kind, columns=data_cfg.columns, on_error=data_cfg.on_error, limit=limit)
     console.print(f"data: {report.summary()}")
     for msg in report.first_errors:

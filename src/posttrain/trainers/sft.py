@@ -60,6 +60,14 @@ def make_batches(examples: list[TokenizedExample], opts: SFTOptions, pad_id: int
         yield packed_batch(pack_rows(chunk, opts.tokens_per_row), pad_id) if opts.pack else pad_batch(chunk, pad_id)
 
 
+def reference_answer(completion) -> str | None:
+    """The final answer written in a reference completion (e.g. GSM8K's `#### 42`), if any."""
+    from posttrain.rewards.math import extract_answer
+
+    text = completion if isinstance(completion, str) else completion[-1]["content"]
+    return extract_answer(text)
+
+
 class SFTTrainer:
     def __init__(self, cfg: SFTConfig, model=None, tokenizer=None):
         self.cfg = cfg
@@ -80,8 +88,13 @@ class SFTTrainer:
             self.cfg = cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, tokens_per_row=longest))
         elif cfg.sft.pack and longest > cfg.sft.tokens_per_row:
             raise ValueError(f"sft.tokens_per_row={cfg.sft.tokens_per_row} is shorter than the longest example ({longest}); raise it or lower data.max_length")
-        self.eval_examples, _ = load_split(cfg.data, "eval")
-        self.verify = default_verifier(self.task) if self.eval_examples and self.eval_examples[0].answer else None
+        self.eval_examples, _ = load_split(cfg.data, "sft_eval")
+        self.eval_tokenized = [tokenize_sft(tokenizer, ex, cfg.data.max_length) for ex in self.eval_examples if ex.completion]
+        for ex in self.eval_examples:  # a reference answer from the completion when no column gives one
+            if ex.answer is None and ex.completion is not None:
+                ex.answer = reference_answer(ex.completion)
+        self.answered = [ex for ex in self.eval_examples if ex.answer is not None and ex.prompt is not None]
+        self.verify = default_verifier(self.task) if self.answered else None
         self.opt, self.sched = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
         self.order = DataOrder(len(self.train_examples), cfg.train.seed)
         self.run_dir = Path(cfg.train.out)
@@ -143,13 +156,26 @@ class SFTTrainer:
         return {"loss": total / n_loss, "grad_norm": float(grad_norm), "lr": lr,
                 "tokens": sum(len(e) for e in batch), "loss_tokens": n_loss}
 
+    @torch.no_grad()
+    def eval_loss(self) -> float | None:
+        if not self.eval_tokenized:
+            return None
+        self.model.eval()
+        n = sum(sum(e.loss_mask[1:]) for e in self.eval_tokenized)
+        total = sum(microbatch_loss(self.model, mb, n)[1] for mb in make_batches(self.eval_tokenized, self.cfg.sft, self.tokenizer.pad_token_id))
+        return total / n
+
     def evaluate(self) -> dict:
-        if not self.eval_examples or self.verify is None:
-            return {}
-        res = exact_match_eval(self.model, self.tokenizer, self.eval_examples, self.verify, self.cfg.sft.eval_max_new_tokens)
-        for prompt, text, answer, ok in res.pop("samples")[:2]:
-            console.print(f"  eval sample: {json.dumps(prompt)[:80]} -> {text!r} (answer {answer}, {'ok' if ok else 'wrong'})")
-        return {f"eval/{k}": v for k, v in res.items()}
+        out = {}
+        loss = self.eval_loss()
+        if loss is not None:
+            out["eval/loss"] = loss
+        if self.verify is not None:
+            res = exact_match_eval(self.model, self.tokenizer, self.answered, self.verify, self.cfg.sft.eval_max_new_tokens)
+            for prompt, text, answer, ok in res.pop("samples")[:2]:
+                console.print(f"  eval sample: {json.dumps(prompt)[:80]} -> {text!r} (answer {answer}, {'ok' if ok else 'wrong'})")
+            out.update({f"eval/{k}": v for k, v in res.items()})
+        return out
 
     def train(self) -> dict:
         c = self.cfg
@@ -164,7 +190,7 @@ class SFTTrainer:
                 m["tokens_per_s"] = tok_done / (time.perf_counter() - t0)
                 if c.train.eval_every and self.step % c.train.eval_every == 0 and self.step < c.train.max_steps:
                     m.update(self.evaluate())
-                if self.step % c.train.log_every == 0 or "eval/accuracy" in m:
+                if self.step % c.train.log_every == 0 or any(k.startswith("eval/") for k in m):
                     self.logger.log(m, self.step)
                 if c.train.save_every and self.step % c.train.save_every == 0:
                     self.save()
