@@ -101,6 +101,8 @@ def load_pairs(data_cfg, split: str, seed: int = 3) -> tuple[list[Example], obje
         if not hasattr(task, "preference_rows"):
             raise ValueError(f"task '{task.name}' cannot generate preference pairs (no preference_rows)")
         n = data_cfg.eval_rows if split == "eval" else data_cfg.train_rows
+        if n == 0:
+            return [], task
         rows = task.preference_rows(n, seed=seed + (split == "eval"), held_out=split == "eval")
         return load_examples(rows, kind="preference")[0], task
     kind = data_cfg.kind or None

@@ -123,7 +123,7 @@ class PreferenceTrainer:
         evals = [e for e in evals if e.kind == "preference"]
         self.eval_pairs = tokenize_pairs(self.tokenizer, evals, c.data.max_length) if evals else []
         self.eval_examples = []
-        if self.task is not None:
+        if self.task is not None and c.data.eval_rows > 0:
             from posttrain.trainers.common import load_split
 
             self.eval_examples, _ = load_split(c.data, "eval")
