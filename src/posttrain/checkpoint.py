@@ -72,3 +72,23 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_state(path: Path) -> dict:
     return torch.load(Path(path) / "trainer_state.pt", weights_only=False)
+
+
+def restore_checkpoint(run_dir: Path, model, optimizer, scheduler) -> dict | None:
+    """Load the latest checkpoint of `run_dir` into the live model, optimizer and scheduler, and set
+    the RNG states. Returns the saved state (``step``, ``data`` and any trainer extras), or None
+    (with a warning) when there is nothing to resume."""
+    from posttrain.logging import console, warn
+    from posttrain.trainers.weights import load_weights_into
+
+    ck = latest_checkpoint(run_dir)
+    if ck is None:
+        warn(f"--resume: no checkpoint in {run_dir}; starting from scratch")
+        return None
+    load_weights_into(model, ck)
+    state = load_state(ck)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    console.print(f"resumed from {ck} at step {state['step']}")
+    return state
