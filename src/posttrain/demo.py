@@ -27,7 +27,11 @@ class DemoConfig:
     sft_lr: float = 3e-3
     sequences_per_step: int = 64
     eval_problems: int = 200
-    stages: tuple[str, ...] = ("sft",)
+    stages: tuple[str, ...] = ("sft", "dpo", "rl")
+    dpo_steps: int = 60
+    dpo_lr: float = 2e-4
+    rl_steps: int = 30
+    rl_lr: float = 1e-3
     progress: bool = True
 
 
@@ -76,11 +80,11 @@ def write_report(run_dir: Path, cfg: DemoConfig, summary: dict) -> Path:
         "# posttrain demo report", "",
         f"Task: `{cfg.task}`, model `{cfg.model}` (from scratch, seed {cfg.seed}), "
         f"{cfg.eval_problems} held-out problems (disjoint from training by construction).", "",
-        "| stage | held-out accuracy | steps | seconds |", "|---|---|---|---|",
+        "| stage | held-out accuracy before | after | steps | seconds |", "|---|---|---|---|---|",
     ]
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     for stage, s in summary["stages"].items():
-        acc = s.get("accuracy")
-        lines.append(f"| {stage} | {'-' if acc is None else f'{100 * acc:.1f}%'} | {s.get('steps', '-')} | {s['seconds']:.0f} |")
+        lines.append(f"| {stage} | {pct(s.get('before'))} | {pct(s.get('accuracy'))} | {s.get('steps', '-')} | {s['seconds']:.0f} |")
     lines += ["", "![curves](curves.png)", ""]
     for stage, s in summary["stages"].items():
         for extra in s.get("report_lines", []):
@@ -90,6 +94,65 @@ def write_report(run_dir: Path, cfg: DemoConfig, summary: dict) -> Path:
     return path
 
 
+def _dpo_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
+    """DPO on the task's (right, plausibly wrong) solution pairs, starting from the SFT model."""
+    from posttrain.trainers.preference import PreferenceConfig, PreferenceOptions, run_preference_stage
+
+    pcfg = PreferenceConfig(
+        model=ModelConfig(name=cfg.model),
+        data=DataConfig(path=f"task:{cfg.task}", train_rows=2000, eval_rows=cfg.eval_problems),
+        optim=OptimConfig(lr=cfg.dpo_lr, schedule="constant"),
+        train=TrainConfig(out=str(run_dir / "dpo"), max_steps=cfg.dpo_steps, seed=cfg.seed, progress=cfg.progress),
+        pref=PreferenceOptions(pairs_per_step=32, pairs_per_microbatch=32, eval_max_new_tokens=48),
+        loss="dpo", beta=0.1,
+    )
+    r = run_preference_stage(model, tokenizer, pcfg)
+    return {"accuracy": r.get("eval/accuracy"), "before": r.get("eval_before/accuracy"), "steps": cfg.dpo_steps,
+            "report_lines": [f"DPO: held-out preference accuracy {r.get('eval/rewards/accuracy', float('nan')):.3f}, "
+                             f"exact match {r.get('eval_before/accuracy', float('nan')):.3f} -> {r.get('eval/accuracy', float('nan')):.3f}.", ""]}
+
+
+def _rl_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
+    """GRPO with the task's verifier as the reward, starting from the current model."""
+    from posttrain.trainers.rl import RLConfig, RLOptions, run_rl_stage
+
+    rcfg = RLConfig(
+        model=ModelConfig(name=cfg.model),
+        data=DataConfig(path=f"task:{cfg.task}", train_rows=2000, eval_rows=cfg.eval_problems),
+        optim=OptimConfig(lr=cfg.rl_lr, schedule="constant"),
+        train=TrainConfig(out=str(run_dir / "rl"), max_steps=cfg.rl_steps, seed=cfg.seed, progress=cfg.progress),
+        rl=RLOptions(algo="grpo", prompts_per_step=16, samples_per_prompt=8, max_new_tokens=48, show_every=10),
+    )
+    r = run_rl_stage(model, tokenizer, rcfg)
+    png = plot_rl(run_dir, r["curves"])
+    return {"accuracy": r.get("eval_after"), "before": r.get("eval_before"), "steps": cfg.rl_steps,
+            "report_lines": [f"GRPO: held-out exact match {r.get('eval_before') or 0:.3f} -> {r.get('eval_after') or 0:.3f}.", "",
+                             f"![reward and length]({png.name})", ""]}
+
+
+def plot_rl(run_dir: Path, curves: dict) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_r, ax_l) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_r.plot(curves["step"], curves["reward_mean"], "o-", ms=3)
+    ax_r.set(xlabel="RL step", ylabel="mean reward", title="reward")
+    ax_l.plot(curves["step"], curves["completion_tokens_mean"], "o-", ms=3, color="tab:orange")
+    ax_l.set(xlabel="RL step", ylabel="tokens", title="completion length")
+    for ax in (ax_r, ax_l):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = run_dir / "rl_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+STAGES = {"dpo": _dpo_stage, "rl": _rl_stage}
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -97,11 +160,21 @@ def run_demo(cfg: DemoConfig) -> dict:
     summary: dict = {"config": dataclasses.asdict(cfg), "stages": {}}
     t0 = time.perf_counter()
     sft = SFTTrainer(_sft_config(cfg, run_dir))
+    before = sft.evaluate().get("eval/accuracy")
     result = sft.train()
-    summary["stages"]["sft"] = {"accuracy": result.get("eval/accuracy"), "steps": sft.step,
+    summary["stages"]["sft"] = {"accuracy": result.get("eval/accuracy"), "before": before, "steps": sft.step,
                                 "seconds": time.perf_counter() - t0, "checkpoint": result["checkpoint"]}
-    model, tokenizer, task = sft.model, sft.tokenizer, sft.task
+    model, tokenizer = sft.model, sft.tokenizer
     metrics = {"sft": read_metrics(run_dir / "sft" / "metrics.jsonl")}
+    for name in cfg.stages:
+        if name == "sft":
+            continue
+        if name not in STAGES:
+            raise ValueError(f"demo stage '{name}' is not one of: sft, {', '.join(STAGES)}")
+        t1 = time.perf_counter()
+        summary["stages"][name] = {**STAGES[name](cfg, run_dir, model, tokenizer), "seconds": time.perf_counter() - t1}
+        if (run_dir / name / "metrics.jsonl").exists():
+            metrics[name] = read_metrics(run_dir / name / "metrics.jsonl")
     plot_curves(run_dir, metrics)
     report = write_report(run_dir, cfg, summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
