@@ -61,9 +61,9 @@ def train_prm(out: Path, policy: Path, args) -> Path:
     if latest_checkpoint(out / "prm") is None:
         rc = cli_main([
             "prm", "--model", str(policy), "--prm.policy", str(policy), "--data", f"task:{TASK}",
-            "--out", str(out / "prm"), "--max-steps", str(args.prm_steps), "--lr", "3e-4",
-            "--optim.warmup_steps", "10", "--prm.label_problems", str(args.label_problems),
-            "--prm.solutions_per_problem", "4", "--prm.rollouts_per_step", "8", "--prm.label_max_new_tokens", "48",
+            "--out", str(out / "prm"), "--max-steps", str(args.prm_steps), "--lr", str(args.prm_lr),
+            "--optim.warmup_steps", "20", "--prm.label_problems", str(args.label_problems),
+            "--prm.solutions_per_problem", str(args.solutions), "--prm.rollouts_per_step", str(args.rollouts), "--prm.labels", args.labels, "--prm.label_max_new_tokens", "48",
             "--prm.sequences_per_step", "32", "--prm.sequences_per_microbatch", "32", "--train.progress", "false",
         ])
         if rc:
@@ -79,8 +79,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-sft-steps", type=int, default=400)
     ap.add_argument("--target-acc", type=float, default=0.3)
-    ap.add_argument("--prm-steps", type=int, default=120)
-    ap.add_argument("--label-problems", type=int, default=160)
+    ap.add_argument("--prm-steps", type=int, default=600)
+    ap.add_argument("--prm-lr", type=float, default=1e-3)
+    ap.add_argument("--rollouts", type=int, default=4)
+    ap.add_argument("--solutions", type=int, default=4)
+    ap.add_argument("--labels", default="soft")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--label-problems", type=int, default=300)
     ap.add_argument("--problems", type=int, default=150)
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     args = ap.parse_args()
@@ -94,7 +99,7 @@ def main() -> None:
     model, tok = load_model_and_tokenizer(str(policy_path))
     prm, prm_tok = load_prm(prm_dir)
     rows, png = scaling_table(model, tok, PRMScorer(prm, prm_tok, batch_size=64), TASK, args.problems,
-                              out_dir=out / "scaling", ks=tuple(args.k), beams=((2, 2), (4, 4)), max_new_tokens=48, seed=0)
+                              out_dir=out / "scaling", ks=tuple(args.k), beams=((2, 2), (4, 4)), max_new_tokens=48, temperature=args.temperature, seed=0)
     print(scaling_markdown(rows))
     print(f"plot: {png}; total {time.perf_counter() - t0:.0f}s")
 

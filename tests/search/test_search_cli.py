@@ -70,7 +70,7 @@ def test_scaling_rows_tiny_model(tmp_path, tiny):
 
     model, tok = tiny
     rows, png = scaling_table(model, tok, LengthScorer(), "addition:digits=1,scratchpad=1", 3, out_dir=tmp_path,
-                              ks=(1, 2), beams=((1, 2),), max_new_tokens=8)
+                              ks=(1, 2), beams=((1, 2),), max_new_tokens=6, beam_max_steps=3)
     by = {(r["method"], r["budget"]): r for r in rows}
     assert set(by) == {("greedy", 1), ("maj@k", 1), ("maj@k", 2), ("prm_best_of_k", 1), ("prm_best_of_k", 2),
                        ("prm_weighted_vote", 1), ("prm_weighted_vote", 2), ("prm_beam_search", 2)}

@@ -29,6 +29,7 @@ def scaling_rows(
     policy_model, tokenizer, prm_scorer, task: str, n_problems: int = 100, *, ks: Sequence[int] = (1, 4, 16),
     beams: Sequence[tuple[int, int]] = ((2, 2), (4, 4)), temperature: float = 1.0, max_new_tokens: int = 64,
     step_sep: str = "\n", step_agg: str = "min", seed: int = 0, sequences_per_batch: int = 256,
+    beam_max_steps: int = 16,
 ) -> list[dict]:
     """Rows {method, budget, accuracy, tokens_per_problem, problems} (see the module docstring).
 
@@ -65,7 +66,7 @@ def scaling_rows(
     for nb, ex in beams:
         acc, toks = [], []
         for i, (p, gold) in enumerate(zip(prompts, golds)):
-            r = prm_beam_search(policy, p, prm_scorer, num_beams=nb, expansions_per_beam=ex, max_steps=16,
+            r = prm_beam_search(policy, p, prm_scorer, num_beams=nb, expansions_per_beam=ex, max_steps=beam_max_steps,
                                 max_step_tokens=max_new_tokens, temperature=temperature, step_sep=step_sep,
                                 seed=seed * 100_003 + i, extract=bench.extract)
             acc.append(r.answer is not None and bench.match(r.answer, gold))

@@ -150,6 +150,10 @@ def load_prm_rows(cfg: PRMConfig, seed: int = 0) -> list[dict]:
         console.print(f"prm: labelling {len(rows)} problems x {opts.solutions_per_problem} solutions, "
                       f"{opts.rollouts_per_step} rollouts per step (Math-Shepherd) with {opts.policy or cfg.model.name}")
         raw = auto_label(HFEngine(policy, ptok, sequences_per_batch=256), ptok, rows, task.verify, opts, seed)
+        out = Path(cfg.train.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "labels.jsonl", "w") as f:  # the automatic labels, reusable as a stepwise file
+            f.writelines(json.dumps(r) + "\n" for r in raw)
     elif _is_prm800k(path):
         raw, skipped = prm800k_rows(path, opts.neutral_label, cfg.data.train_rows, cfg.data.on_error)
         if skipped:
