@@ -42,20 +42,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--prompts-per-step", type=int, default=4)
     p.add_argument("--samples-per-prompt", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-6)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared (oversubscribed) CPU")
     p.add_argument("--out", default="runs/bench_grpo_smollm2_gsm8k")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows_file = Path(args.out) / "gsm8k_rl.jsonl"
     n = write_rows(Path(args.data), rows_file, args.prompts_per_step * args.steps * 4)
     cfg = RLConfig(
+        algo="grpo",
         model=ModelConfig(name="smollm2-135m-instruct"),
         data=DataConfig(path=str(rows_file), train_rows=n, eval_rows=0, max_length=1024),
         optim=OptimConfig(lr=args.lr, schedule="constant"),
         train=TrainConfig(out=args.out, max_steps=args.steps, progress=False, eval_every=-1),
-        rl=RLOptions(algo="grpo", reward="math", prompts_per_step=args.prompts_per_step, samples_per_prompt=args.samples_per_prompt,
+        rl=RLOptions(reward="math", prompts_per_step=args.prompts_per_step, samples_per_prompt=args.samples_per_prompt,
                      max_new_tokens=args.max_new_tokens, sequences_per_microbatch=8, show_every=1, temperature=1.0),
     )
     t0 = time.perf_counter()

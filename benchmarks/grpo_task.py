@@ -41,11 +41,12 @@ def sft_phase(args) -> tuple:
 
 def grpo_phase(args, model, tokenizer) -> list[dict]:
     cfg = RLConfig(
+        algo=args.algo,
         model=ModelConfig(name=args.model),
         data=DataConfig(path=f"task:{args.task}", train_rows=20000, eval_rows=args.eval_rows),
         optim=OptimConfig(lr=args.lr, schedule="constant"),
         train=TrainConfig(out=f"{args.out}/grpo", max_steps=100000, progress=False, seed=args.seed, eval_every=-1),
-        rl=RLOptions(algo=args.algo, prompts_per_step=args.prompts_per_step, samples_per_prompt=args.samples_per_prompt,
+        rl=RLOptions(prompts_per_step=args.prompts_per_step, samples_per_prompt=args.samples_per_prompt,
                      max_new_tokens=args.max_new_tokens, sequences_per_microbatch=256, show_every=0, kl_coef=args.kl_coef),
     )
     trainer = RLTrainer(cfg, model=model, tokenizer=tokenizer)

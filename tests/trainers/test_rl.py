@@ -28,9 +28,10 @@ def digit_share(prompts, completions, **_):
 
 
 def _cfg(tmp_path, algo="grpo", steps=30, lr=3e-2, data="task:addition:digits=1", eval_rows=0, **rl):
-    opts = dict(algo=algo, prompts_per_step=4, samples_per_prompt=4, max_new_tokens=4, show_every=0)
+    opts = dict(prompts_per_step=4, samples_per_prompt=4, max_new_tokens=4, show_every=0)
     opts.update(rl)
     return RLConfig(
+        algo=algo,
         model=ModelConfig(name=MODEL),
         data=DataConfig(path=data, train_rows=64, eval_rows=eval_rows, on_error="skip"),
         optim=OptimConfig(lr=lr, schedule="constant"),
@@ -56,9 +57,9 @@ def test_every_preset_trains_30_steps_with_rising_reward(tmp_path, algo):
         assert all("dynamic_sampling/kept_groups" in h for h in hist)
 
 
-def _params_after_one_step(tmp_path, sequences_per_microbatch, **rl):
+def _params_after_one_step(tmp_path, sequences_per_microbatch, algo, **rl):
     torch.manual_seed(0)
-    cfg = _cfg(tmp_path / str(sequences_per_microbatch), steps=1, lr=1e-2, sequences_per_microbatch=sequences_per_microbatch,
+    cfg = _cfg(tmp_path / str(sequences_per_microbatch), algo, steps=1, lr=1e-2, sequences_per_microbatch=sequences_per_microbatch,
                prompts_per_step=4, samples_per_prompt=4, **rl)
     trainer = RLTrainer(cfg, reward_fns=[(digit_share, 1.0)])
     grads = []  # the accumulated gradient at each optimizer step (Adam's update would amplify float noise)
@@ -131,4 +132,4 @@ def test_cli_lists_rl_options(capsys):
 
     assert main(["rl", "--help"]) == 0
     text = capsys.readouterr().out
-    assert "rl.algo" in text and "rl.prompts_per_step" in text and "rl.kl_placement" in text
+    assert "--algo " in text and "rl.prompts_per_step" in text and "rl.kl_placement" in text

@@ -58,7 +58,6 @@ from posttrain.trainers.rl_update import (
 
 @dataclass(frozen=True)
 class RLOptions:
-    algo: str = "grpo"  # grpo | dr_grpo | dapo | rloo | reinforce_pp | remax | ppo | online_dpo
     prompts_per_step: int = 16
     samples_per_prompt: int = 8
     sequences_per_microbatch: int = 64
@@ -100,6 +99,7 @@ class RLOptions:
 
 @dataclass(frozen=True)
 class RLConfig:
+    algo: str = "grpo"  # grpo | dr_grpo | dapo | rloo | reinforce_pp | remax | ppo | online_dpo (`--algo`)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(on_error="skip", train_rows=2000))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, schedule="constant"))
@@ -107,17 +107,18 @@ class RLConfig:
     rl: RLOptions = field(default_factory=RLOptions)
 
 
-def algorithm_of(opts: RLOptions) -> Algorithm:
+def algorithm_of(algo: str, opts: RLOptions) -> Algorithm:
+    """The --algo preset with the axes set in `opts` (non-None) on top."""
     axes = {f.name for f in dataclasses.fields(Algorithm)}
     overrides = {k: v for k, v in dataclasses.asdict(opts).items() if k in axes}
-    return resolve_algorithm(opts.algo, overrides, opts.max_new_tokens)
+    return resolve_algorithm(algo, overrides, opts.max_new_tokens)
 
 
 class RLTrainer:
     def __init__(self, cfg: RLConfig, model=None, tokenizer=None, reward_fns=None):
         """reward_fns: optional [(fn, weight)] replacing rl.reward (custom rewards from Python)."""
         self.cfg, c = cfg, cfg.rl
-        self.alg = algorithm_of(c)
+        self.alg = algorithm_of(cfg.algo, c)
         if c.minibatches_per_rollout < 1 or c.epochs_per_rollout < 1 or c.samples_per_prompt < 1:
             raise ValueError("minibatches_per_rollout, epochs_per_rollout and samples_per_prompt must be >= 1")
         if self.alg.loss == "dpo" and c.samples_per_prompt < 2:
@@ -412,7 +413,7 @@ class RLTrainer:
             console.print(f"eval before RL: {json.dumps({k: round(v, 4) for k, v in before.items()})}")
             self.logger.log(before, self.step_num)
         last: dict = {}
-        with ProgressBar(c.train.max_steps, f"rl/{c.rl.algo}", c.train.progress, start=self.step_num) as bar:
+        with ProgressBar(c.train.max_steps, f"rl/{c.algo}", c.train.progress, start=self.step_num) as bar:
             while self.step_num < c.train.max_steps:
                 m = self.step()
                 for msg in health_warnings(m, self.alg, c.rl.min_entropy, c.rl.max_kl):
