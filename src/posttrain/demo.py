@@ -20,7 +20,7 @@ from posttrain.trainers.sft import SFTConfig, SFTOptions, SFTTrainer
 @dataclass(frozen=True)
 class DemoConfig:
     out: str = "runs/demo"
-    task: str = "addition:scratchpad=1"  # 3-digit addition, one column per line, then "#### sum"
+    task: str = "addition:scratchpad=2"  # 3-digit addition, one column per line with the running result, then "#### sum"
     model: str = "tiny-llama:d=128,l=4,h=4"
     seed: int = 0
     sft_steps: int = 700
@@ -43,7 +43,7 @@ def _sft_config(cfg: DemoConfig, run_dir: Path) -> SFTConfig:
         train=TrainConfig(out=str(run_dir / "sft"), max_steps=cfg.sft_steps, seed=cfg.seed,
                           eval_every=max(1, cfg.sft_steps // 6), progress=cfg.progress),
         sft=SFTOptions(sequences_per_step=cfg.sequences_per_step, sequences_per_microbatch=cfg.sequences_per_step,
-                       eval_max_new_tokens=48),
+                       eval_max_new_tokens=64),
     )
 
 
@@ -103,7 +103,7 @@ def _dpo_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
         data=DataConfig(path=f"task:{cfg.task}", train_rows=2000, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.dpo_lr, schedule="constant"),
         train=TrainConfig(out=str(run_dir / "dpo"), max_steps=cfg.dpo_steps, seed=cfg.seed, progress=cfg.progress),
-        pref=PreferenceOptions(pairs_per_step=32, pairs_per_microbatch=32, eval_max_new_tokens=48),
+        pref=PreferenceOptions(pairs_per_step=32, pairs_per_microbatch=32, eval_max_new_tokens=64),
         loss="dpo", beta=0.1,
     )
     r = run_preference_stage(model, tokenizer, pcfg)
@@ -121,7 +121,7 @@ def _rl_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
         data=DataConfig(path=f"task:{cfg.task}", train_rows=2000, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.rl_lr, schedule="constant"),
         train=TrainConfig(out=str(run_dir / "rl"), max_steps=cfg.rl_steps, seed=cfg.seed, progress=cfg.progress),
-        rl=RLOptions(algo="grpo", prompts_per_step=16, samples_per_prompt=8, max_new_tokens=48, show_every=10),
+        rl=RLOptions(algo="grpo", prompts_per_step=16, samples_per_prompt=8, max_new_tokens=64, show_every=10),
     )
     r = run_rl_stage(model, tokenizer, rcfg)
     png = plot_rl(run_dir, r["curves"])

@@ -7,6 +7,14 @@ units column up, then the answer line::
     2+5+0=7 c0
     1+4+0=5 c0
     #### 579
+
+``scratchpad=2`` adds the running result to every line, so that the answer line copies the line
+above instead of reading the digits back in reverse (which is what a small model gets wrong)::
+
+    3+6+0=9 c0 -> 9
+    2+5+0=7 c0 -> 79
+    1+4+0=5 c0 -> 579
+    #### 579
 """
 from __future__ import annotations
 
@@ -17,9 +25,10 @@ from dataclasses import dataclass
 from posttrain.tasks.base import TASKS, Task, in_eval_split
 
 
-def scratchpad_steps(a: int, b: int, drop_carry_at: int = -1, slip_digit_at: int = -1) -> list[str]:
+def scratchpad_steps(a: int, b: int, drop_carry_at: int = -1, slip_digit_at: int = -1, running: bool = False) -> list[str]:
     """Column steps. Plausible slips for rejected solutions: `drop_carry_at` = i writes column i's
-    carry as 0; `slip_digit_at` = i writes column i's digit one too high (mod 10)."""
+    carry as 0; `slip_digit_at` = i writes column i's digit one too high (mod 10). `running` appends
+    the result so far (the final carry included on the last column)."""
     da, db = str(a)[::-1], str(b)[::-1]
     carry, steps, digits = 0, [], []
     for i in range(max(len(da), len(db))):
@@ -31,6 +40,9 @@ def scratchpad_steps(a: int, b: int, drop_carry_at: int = -1, slip_digit_at: int
         steps.append(f"{x}+{y}+{carry}={digit} c{out}")
         digits.append(digit)
         carry = out
+        if running:
+            last = i == max(len(da), len(db)) - 1
+            steps[-1] += f" -> {carry if last and carry else ''}{''.join(map(str, digits[::-1]))}"
     total = int((str(carry) if carry else "") + "".join(map(str, digits[::-1])))
     steps.append(f"#### {total}")
     return steps
@@ -72,7 +84,7 @@ class Addition(Task):
         return out
 
     def completion(self, a: int, b: int) -> str:
-        return "\n".join(scratchpad_steps(a, b)) if self.scratchpad else str(a + b)
+        return "\n".join(scratchpad_steps(a, b, running=self.scratchpad == 2)) if self.scratchpad else str(a + b)
 
     def _prompt(self, a: int, b: int):
         return [{"role": "user", "content": f"{a}+{b}"}]
@@ -108,11 +120,12 @@ class Addition(Task):
     def _wrong_completion(self, a: int, b: int, rng: random.Random) -> str:
         if not self.scratchpad:
             return str(wrong_sum(a, b, rng))
+        running = self.scratchpad == 2
         right = scratchpad_steps(a, b)
         carries = [i for i, step in enumerate(right[:-1]) if step.endswith("c1")]
         if carries and rng.random() < 0.5:
-            return "\n".join(scratchpad_steps(a, b, drop_carry_at=rng.choice(carries)))
-        return "\n".join(scratchpad_steps(a, b, slip_digit_at=rng.randrange(len(right) - 1)))
+            return "\n".join(scratchpad_steps(a, b, drop_carry_at=rng.choice(carries), running=running))
+        return "\n".join(scratchpad_steps(a, b, slip_digit_at=rng.randrange(len(right) - 1), running=running))
 
     def extract(self, completion: str) -> str | None:
         m = _ANSWER.search(completion)
