@@ -1,6 +1,6 @@
 """GRPO end to end on a real model: SmolLM2-135M-Instruct on GSM8K training rows, math reward.
 
-    python benchmarks/grpo_smollm2_gsm8k.py                         # 3 steps, 4 prompts x 4 samples
+    python benchmarks/grpo_smollm2_gsm8k.py                         # 2 steps, 2 prompts x 4 samples
     python benchmarks/grpo_smollm2_gsm8k.py --steps 5 --max-new-tokens 256
 
 Reads ../shared/data/gsm8k/train.jsonl (question / answer, the gold answer after '#### '), writes
@@ -39,11 +39,12 @@ def write_rows(src: Path, dst: Path, n: int) -> int:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"))
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--prompts-per-step", type=int, default=4)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--prompts-per-step", type=int, default=2)
     p.add_argument("--samples-per-prompt", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--lr", type=float, default=1e-6)
+    p.add_argument("--kl-coef", type=float, default=0.0, help="0: no reference model (saves a forward pass and a model copy)")
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared (oversubscribed) CPU")
     p.add_argument("--out", default="runs/bench_grpo_smollm2_gsm8k")
     args = p.parse_args()
@@ -57,7 +58,8 @@ def main() -> None:
         optim=OptimConfig(lr=args.lr, schedule="constant"),
         train=TrainConfig(out=args.out, max_steps=args.steps, progress=False, eval_every=-1),
         rl=RLOptions(reward="math", prompts_per_step=args.prompts_per_step, samples_per_prompt=args.samples_per_prompt,
-                     max_new_tokens=args.max_new_tokens, sequences_per_microbatch=8, show_every=1, temperature=1.0),
+                     max_new_tokens=args.max_new_tokens, sequences_per_microbatch=4, show_every=1, temperature=1.0,
+                     kl_coef=args.kl_coef),
     )
     t0 = time.perf_counter()
     trainer = RLTrainer(cfg)
