@@ -29,7 +29,9 @@ DATA = Path("../shared/data")
 
 
 def pick_rows(args) -> list[dict]:
-    rows, _ = prm800k_rows(DATA / "prm800k/phase1_train_plus.stepwise-critic.parquet", neutral_label=1.0)
+    rows, skipped = prm800k_rows(DATA / "prm800k/phase1_train_plus.stepwise-critic.parquet", neutral_label=1.0,
+                                 on_error="skip")
+    print(f"PRM800K: {len(rows)} stepwise rows, {skipped} skipped (no rating)")
     rows = [r for r in rows if len(r["completions"]) <= args.max_prior + 1]
     random.Random(0).shuffle(rows)
     return rows[: args.rows]
