@@ -67,24 +67,30 @@ class HFEngine:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         past, last_pos = out.past_key_values, pos[:, -1]
         logits = out.logits[:, -1].float()
-        tokens: list[list[int]] = [[] for _ in range(B)]
-        logps: list[list[float]] = [[] for _ in range(B)]
-        reason: list[str | None] = [None] * B
+        # Token bookkeeping stays in tensors: one (B, max_new_tokens) buffer, a `done` mask, and
+        # the length of each completion; Python loops over rows only for stop strings.
+        tokens = torch.full((B, params.max_new_tokens), pad, dtype=torch.long)
+        logps = torch.zeros((B, params.max_new_tokens))
+        lengths = torch.zeros(B, dtype=torch.long)
+        done = torch.zeros(B, dtype=torch.bool)
         stop_hit: list[str | None] = [None] * B
-        for _ in range(params.max_new_tokens):
+        for t in range(params.max_new_tokens):
             tok, lp = self._sample(logits, params, gen)
-            for b in range(B):
-                if reason[b] is None:
-                    tokens[b].append(int(tok[b]))
-                    logps[b].append(float(lp[b]))
-                    if eos is not None and tokens[b][-1] == eos:
-                        reason[b] = "stop"
-                    elif params.stop:
-                        tail = self.tokenizer.decode(tokens[b][-16:], skip_special_tokens=True)
-                        hit = next((s for s in params.stop if tail.endswith(s)), None)
-                        if hit is not None:
-                            reason[b], stop_hit[b] = "stop", hit
-            if all(r is not None for r in reason):
+            live = ~done
+            tokens[live, t] = tok[live]
+            logps[live, t] = lp[live]
+            lengths += live.long()
+            if eos is not None:
+                done |= live & (tok == eos)
+            if params.stop:
+                for b in live.nonzero().flatten().tolist():
+                    if done[b]:
+                        continue
+                    tail = self.tokenizer.decode(tokens[b, max(0, t - 15) : t + 1].tolist(), skip_special_tokens=True)
+                    hit = next((s for s in params.stop if tail.endswith(s)), None)
+                    if hit is not None:
+                        done[b], stop_hit[b] = True, hit
+            if bool(done.all()) or t == params.max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
             last_pos = last_pos + 1
@@ -93,10 +99,12 @@ class HFEngine:
                 past_key_values=past, use_cache=True,
             )
             past, logits = out.past_key_values, out.logits[:, -1].float()
+        token_lists, lp_lists, done_list = tokens.tolist(), logps.tolist(), done.tolist()
+        texts = self.tokenizer.batch_decode([token_lists[b][: int(lengths[b])] for b in range(B)], skip_special_tokens=True)
         return [
             Completion(
-                token_ids=tokens[b], logprobs=logps[b], finish_reason=reason[b] or "length",
-                text=self.tokenizer.decode(tokens[b], skip_special_tokens=True), stop_reason=stop_hit[b],
+                token_ids=token_lists[b][: int(lengths[b])], logprobs=lp_lists[b][: int(lengths[b])],
+                finish_reason="stop" if done_list[b] else "length", text=texts[b], stop_reason=stop_hit[b],
             )
             for b in range(B)
         ]
