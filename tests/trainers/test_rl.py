@@ -133,3 +133,24 @@ def test_cli_lists_rl_options(capsys):
     assert main(["rl", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--algo " in text and "rl.prompts_per_step" in text and "rl.kl_placement" in text
+
+
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_resume_equals_straight_run(tmp_path, algo):
+    """Stopped after 2 of 4 steps and resumed: the same weights as the straight 4-step run."""
+    def params(t):
+        return torch.cat([p.detach().flatten() for p in t.model.parameters()])
+
+    straight = RLTrainer(_cfg(tmp_path / "a", algo, steps=4), reward_fns=[(digit_share, 1.0)])
+    for _ in range(4):
+        straight.step()
+    first = RLTrainer(_cfg(tmp_path / "b", algo, steps=4), reward_fns=[(digit_share, 1.0)])
+    for _ in range(2):
+        first.step()
+    first.save()
+    cfg = _cfg(tmp_path / "b", algo, steps=4)
+    resumed = RLTrainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=True)), reward_fns=[(digit_share, 1.0)])
+    assert resumed.step_num == 2
+    for _ in range(2):
+        resumed.step()
+    assert torch.allclose(params(straight), params(resumed), atol=1e-6)

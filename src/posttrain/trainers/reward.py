@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
-from posttrain.logging import MetricsLogger, ProgressBar, console, warn
+from posttrain.checkpoint import restore_checkpoint, save_checkpoint
+from posttrain.logging import MetricsLogger, ProgressBar, console
 from posttrain.losses.reward import bradley_terry_loss
 from posttrain.models import load_model_and_tokenizer
 from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, seed_everything
@@ -168,20 +168,10 @@ class RewardTrainer:
                 "eval/rewards/chosen": float(chosen.mean()), "eval/rewards/rejected": float(rejected.mean()), "eval/pairs": len(chosen)}
 
     def _resume(self) -> None:
-        ck = latest_checkpoint(self.run_dir)
-        if ck is None:
-            warn(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
-            return
-        from posttrain.trainers.weights import load_weights_into
-
-        load_weights_into(self.model, ck)
-        st = load_state(ck)
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        self.order = DataOrder(len(self.pairs), self.cfg.train.seed, **st["data"])
-        set_rng_state(st["rng"])
-        self.step = st["step"]
-        console.print(f"resumed from {ck} at step {self.step}")
+        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched)
+        if st is not None:
+            self.order = DataOrder(len(self.pairs), self.cfg.train.seed, **st["data"])
+            self.step = st["step"]
 
     def save(self) -> Path:
         state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from posttrain.advantages import compute_advantages, zero_std_group_fraction
-from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
+from posttrain.checkpoint import restore_checkpoint, save_checkpoint
 from posttrain.data import encode_prompt
 from posttrain.logging import MetricsLogger, ProgressBar, console, warn
 from posttrain.models import load_model_and_tokenizer
@@ -445,24 +445,15 @@ class RLTrainer:
         return save_checkpoint(self.run_dir, self.step_num, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
 
     def _resume(self) -> None:
-        ck = latest_checkpoint(self.run_dir)
-        if ck is None:
-            warn(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
+        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched)
+        if st is None:
             return
-        from posttrain.trainers.weights import load_weights_into
-
-        load_weights_into(self.model, ck)
-        st = load_state(ck)
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
         if self.critic is not None:
             self.critic.load_state_dict(st["critic"])
             self.critic_opt.load_state_dict(st["critic_optimizer"])
         self.order = DataOrder(len(self.rows), self.cfg.train.seed, **st["data"])
-        set_rng_state(st["rng"])
         self.step_num = st["step"]
         self.engine.update_weights(self.model)
-        console.print(f"resumed from {ck} at step {self.step_num}")
 
 
 HELP = "online RL with verifiable rewards (--algo grpo|dr_grpo|dapo|rloo|reinforce_pp|remax|ppo|online_dpo)"
