@@ -27,7 +27,7 @@ def stage(name: str, help: str):
 
 def _run_config_stage(cfg_cls, runner, args: list[str]):
     if args and args[0] in ("-h", "--help"):
-        print(f"options (also settable in --config YAML):\n  --config FILE")
+        print("options (also settable in --config YAML):\n  --config FILE")
         defaults = dataclasses.asdict(cfg_cls())
         for key in valid_keys(cfg_cls):
             node = defaults

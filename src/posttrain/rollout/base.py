@@ -5,7 +5,7 @@ their sampling logprobs; `text` is for rewards and display only, never re-tokeni
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 
