@@ -180,3 +180,19 @@ def test_full_train_writes_before_after_eval_and_checkpoint(tmp_path):
     for key in ("eval_before/accuracy", "eval/accuracy", "eval/rewards/accuracy", "eval_before/rewards/accuracy"):
         assert key in out
     assert (tmp_path / "run" / "checkpoints" / "step-0000002" / "trainer_state.pt").exists()
+
+
+def test_self_generated_rejections_are_the_models_own_wrong_samples(tmp_path):
+    cfg = dataclasses.replace(make(tmp_path, "sg").cfg, pref=PreferenceOptions(
+        pairs_per_step=8, pairs_per_microbatch=8, eval_before=False, eval_max_new_tokens=4, self_generated=2))
+    tr = PreferenceTrainer(cfg)
+    synthetic = make(tmp_path, "syn").items
+    task = tr.task
+    replaced = [(a, b) for a, b in zip(tr.items, synthetic) if a.rejected_ids != b.rejected_ids]
+    assert len(replaced) > len(tr.items) // 2  # an untrained model gets nearly every problem wrong
+    for a, b in replaced:
+        assert a.chosen_ids == b.chosen_ids and a.prompt_ids == b.prompt_ids
+        assert not task.verify(tr.tokenizer.decode(a.rejected_ids, skip_special_tokens=True), "0" * 9)
+    again = PreferenceTrainer(cfg)  # seeded: a resumed run rebuilds the same pairs
+    assert [i.rejected_ids for i in again.items] == [i.rejected_ids for i in tr.items]
+    assert torch.isfinite(torch.tensor(tr.train_step()["loss"]))

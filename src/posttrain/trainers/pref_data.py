@@ -2,6 +2,7 @@
 mismatched KL completions, and the falling-logps monitor."""
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -88,3 +89,44 @@ class FallingLogpsMonitor:
         self.history = []
         return (f"chosen and rejected logps are both falling (per token: chosen -{drops[0]:.3f}, "
                 f"rejected -{drops[1]:.3f} over the last {self.window} steps)")
+
+
+def self_generated_rejections(model, tokenizer, task, examples: list[Example], samples: int, temperature: float,
+                              max_new_tokens: int, seed: int) -> tuple[list[Example], dict]:
+    """Task pairs whose rejected side is one of the model's OWN wrong solutions.
+
+    For each problem, `samples` completions are drawn from `model`; the first one the task's verifier
+    rejects replaces the synthetic rejection (chosen stays the reference solution). This is the pair
+    construction of Pang et al. 2024 ("Iterative Reasoning Preference Optimization": correct vs
+    incorrect self-generated solutions): the pushed-down sequences are errors the model actually
+    makes, where synthetic slips are often ones it already assigns a tiny probability. Problems
+    where every sample is right keep their synthetic rejection. Seeded, so a resumed run rebuilds
+    the same pairs from the same starting model.
+    """
+    from posttrain.data import encode_prompt
+    from posttrain.rollout.base import SamplingParams
+    from posttrain.rollout.hf import HFEngine
+
+    was_training = model.training
+    model.eval()
+    engine = HFEngine(model, tokenizer, sequences_per_batch=128)
+    prompts = [encode_prompt(tokenizer, ex.prompt) for ex in examples]
+    outs = engine.generate(prompts, SamplingParams(n=samples, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed))
+    model.train(was_training)
+    out, replaced, wrong = [], 0, 0
+    for ex, comps in zip(examples, outs):
+        bad = [c.text for c in comps if not task.verify(c.text, ex.answer)]
+        wrong += len(bad)
+        text = next((t for t in bad if t.strip() and t.strip() != _text(ex.chosen).strip()), None)
+        if text is not None:
+            rejected = [{"role": "assistant", "content": text}] if ex.conversational else text
+            ex = dataclasses.replace(ex, rejected=rejected)
+            replaced += 1
+        out.append(ex)
+    stats = {"problems": len(examples), "samples_wrong_fraction": wrong / max(1, samples * len(examples)),
+             "self_generated_rejections": replaced}
+    return out, stats
+
+
+def _text(t) -> str:
+    return t[-1]["content"] if isinstance(t, list) else str(t)

@@ -48,7 +48,7 @@ from posttrain.trainers.common import (
     default_verifier, exact_match_eval, seed_everything,
 )
 from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, sequence_batch, sequence_logps, tokenize_pairs
-from posttrain.trainers.pref_data import FallingLogpsMonitor, UnpairedItem, parse_loss_spec, unpair
+from posttrain.trainers.pref_data import FallingLogpsMonitor, UnpairedItem, parse_loss_spec, self_generated_rejections, unpair
 
 REFERENCE_FREE = {"simpo", "orpo", "sft"}
 
@@ -63,6 +63,10 @@ class PreferenceOptions:
     eval_before: bool = True  # evaluate once before training (before/after in the result)
     eval_max_new_tokens: int = 32
     falling_logps_window: int = 20  # steps; warn when chosen and rejected logps both fall over it
+    # task data only: draw this many samples per train problem from the starting model and use a wrong
+    # one as the rejected side (self-generated pairs, Pang et al. 2024); 0 keeps the task's synthetic slips
+    self_generated: int = 0
+    self_generated_temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,13 @@ class PreferenceTrainer:
     def _load_data(self) -> None:
         c = self.cfg
         train, self.task = load_pairs(c.data, "train")
+        if c.pref.self_generated > 0:
+            if self.task is None:
+                raise ValueError("pref.self_generated needs task data (data.path task:NAME) to verify the samples")
+            t0 = time.perf_counter()
+            train, stats = self_generated_rejections(self.model, self.tokenizer, self.task, train, c.pref.self_generated,
+                                                     c.pref.self_generated_temperature, c.pref.eval_max_new_tokens, c.train.seed)
+            console.print(f"self-generated rejections: {json.dumps(stats)} in {time.perf_counter() - t0:.1f}s")
         if train[0].kind == "unpaired_preference":
             if not self.unpaired:
                 raise DataError(f"{train[0].where}: loss '{c.loss}' needs paired rows (prompt, chosen, rejected); these are unpaired")
