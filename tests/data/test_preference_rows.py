@@ -11,7 +11,7 @@ from posttrain.data import DataError, load_examples
 from posttrain.tasks import get_task
 
 GOOD = {"prompt": "2+2=", "chosen": "4", "rejected": "5"}
-HH = Path("/work/shared/data/hh-rlhf/helpful-base-test.jsonl.gz")
+HH = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hh-rlhf" / "helpful-base-test.jsonl.gz"  # ../shared beside the repo
 
 
 def write(tmp_path, rows) -> Path:
