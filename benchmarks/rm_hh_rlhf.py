@@ -2,7 +2,7 @@
 
     python benchmarks/rm_hh_rlhf.py [--train 300] [--eval 100] [--steps 1 epoch] [--max-length 256]
 
-Reads /work/shared/data/hh-rlhf/helpful-base-test.jsonl.gz (implicit-prompt rows: the prompt is the
+Reads ../shared/data/hh-rlhf/helpful-base-test.jsonl.gz (implicit-prompt rows: the prompt is the
 shared prefix up to the last "\\n\\nAssistant:"), trains on the first --train pairs and reports
 held-out pairwise accuracy on the last --eval pairs (disjoint rows), before and after training.
 Chance is 0.5.
@@ -18,7 +18,7 @@ import torch
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--data", default="/work/shared/data/hh-rlhf/helpful-base-test.jsonl.gz")
+    p.add_argument("--data", default="../shared/data/hh-rlhf/helpful-base-test.jsonl.gz")
     p.add_argument("--train", type=int, default=300)
     p.add_argument("--eval", type=int, default=100)
     p.add_argument("--pairs-per-step", type=int, default=8)

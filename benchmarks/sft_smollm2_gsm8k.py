@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-GSM8K = "/work/shared/data/gsm8k/train.jsonl"
+GSM8K = "../shared/data/gsm8k/train.jsonl"  # run from the repository root
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 PEAK_FLOPS = 175e9  # measured fp32 matmul peak of this machine (DESIGN.md)
-GSM8K = "/work/shared/data/gsm8k/train.jsonl"
+GSM8K = "../shared/data/gsm8k/train.jsonl"  # run from the repository root
 
 
 # ----------------------------------------------------------------------------------------- data
