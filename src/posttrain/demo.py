@@ -1,11 +1,12 @@
 """`posttrain demo`: the whole pipeline on a from-scratch tiny model, offline, on 2 CPU cores.
 
-Stages run in order on the same model: SFT on a built-in task, then (when their modules are present)
-preference optimization, online RL and test-time scaling. The run folder gets each stage's
+SFT on a built-in task first; then each later stage (preference optimization, online RL) starts
+from a copy of the SFT model, so the report compares them side by side against the same start. The run folder gets each stage's
 metrics, `curves.png`, `report.md` and `summary.json`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -29,9 +30,9 @@ class DemoConfig:
     eval_problems: int = 200
     stages: tuple[str, ...] = ("sft", "dpo", "rl")
     dpo_steps: int = 40
-    dpo_lr: float = 1e-4
+    dpo_lr: float = 2e-5
     rl_steps: int = 30
-    rl_lr: float = 1e-3
+    rl_lr: float = 2e-4
     progress: bool = True
 
 
@@ -54,15 +55,15 @@ def plot_curves(run_dir: Path, stage_metrics: dict[str, list[dict]]) -> Path:
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    offset = 0
+    sft_end = max((r["step"] for r in stage_metrics.get("sft", [])), default=0)
     for stage, rows in stage_metrics.items():
+        offset = 0 if stage == "sft" else sft_end  # later stages branch from the end of SFT
         train = [r for r in rows if "loss" in r]
         evals = [r for r in rows if "eval/accuracy" in r]
         if train:
             ax_loss.plot([offset + r["step"] for r in train], [r["loss"] for r in train], label=stage, lw=1)
         if evals:
             ax_acc.plot([offset + r["step"] for r in evals], [100 * r["eval/accuracy"] for r in evals], "o-", label=stage)
-        offset += max((r["step"] for r in rows), default=0)
     ax_loss.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
     ax_acc.set(xlabel="step", ylabel="held-out exact match (%)", ylim=(0, 100), title="accuracy")
     for ax in (ax_loss, ax_acc):
@@ -166,7 +167,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     result = sft.train()
     summary["stages"]["sft"] = {"accuracy": result.get("eval/accuracy"), "before": before, "steps": sft.step,
                                 "seconds": time.perf_counter() - t0, "checkpoint": result["checkpoint"]}
-    model, tokenizer = sft.model, sft.tokenizer
+    tokenizer = sft.tokenizer
     metrics = {"sft": read_metrics(run_dir / "sft" / "metrics.jsonl")}
     for name in cfg.stages:
         if name == "sft":
@@ -174,6 +175,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         if name not in STAGES:
             raise ValueError(f"demo stage '{name}' is not one of: sft, {', '.join(STAGES)}")
         t1 = time.perf_counter()
+        model = copy.deepcopy(sft.model)  # every later stage starts from the SFT model, side by side
         summary["stages"][name] = {**STAGES[name](cfg, run_dir, model, tokenizer), "seconds": time.perf_counter() - t1}
         if (run_dir / name / "metrics.jsonl").exists():
             metrics[name] = read_metrics(run_dir / name / "metrics.jsonl")
