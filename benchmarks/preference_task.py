@@ -1,7 +1,7 @@
 """Held-out exact-match accuracy before/after preference optimization from an SFT checkpoint.
 
     python benchmarks/preference_task.py [--sft DIR] [--task addition:scratchpad=1] [--steps 60]
-        [--self-generated 2] [--rows 640] [--losses dpo,ipo,simpo,orpo,kto,rpo,sft] [--lr LR]
+        [--self-generated 2] [--rows 640] [--losses dpo,ipo,simpo,orpo,kto,rpo,sft] [--lr LR] [--loss-args rpo_alpha=10]
 
 Without --sft, first runs SFT on the task (tiny-llama, 400-step cosine schedule, 64 sequences per
 step) and starts from its step-300 checkpoint (modest accuracy). Then, from that same checkpoint,
@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=32)
     p.add_argument("--losses", default=",".join(LOSSES))
     p.add_argument("--lr", type=float, default=0.0, help="override every loss's lr")
+    p.add_argument("--loss-args", default="", help="extra loss hyper-parameters for every loss: rpo_alpha=10,gamma=0.5")
     p.add_argument("--beta", type=float, default=0.0, help="override every loss's beta")
     p.add_argument("--rows", type=int, default=0, help="train problems (default steps x pairs)")
     p.add_argument("--self-generated", type=int, default=0, help="samples per problem for self-generated rejections")
@@ -66,6 +67,7 @@ def main() -> None:
     for name in a.losses.split(","):
         beta, lr, extra = LOSSES[name]
         lr, beta = a.lr or lr, a.beta or beta
+        extra = {**extra, **dict(kv.split("=", 1) for kv in filter(None, a.loss_args.split(",")))}
         cfg = PreferenceConfig(
             model=ModelConfig(name=sft), data=DataConfig(path=f"task:{a.task}", train_rows=a.rows or a.steps * a.pairs, eval_rows=200),
             optim=OptimConfig(lr=lr, schedule="constant"), train=TrainConfig(out=f"{a.out}/{name}", max_steps=a.steps, progress=False, log_every=10),
