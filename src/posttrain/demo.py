@@ -29,7 +29,8 @@ class DemoConfig:
     sequences_per_step: int = 64
     eval_problems: int = 200
     stages: tuple[str, ...] = ("sft", "dpo", "rl")
-    dpo_steps: int = 40
+    dpo_steps: int = 60
+    dpo_problems: int = 640  # problems whose right solution is paired with the model's own wrong sample
     dpo_lr: float = 2e-5
     rl_steps: int = 30
     rl_lr: float = 2e-4
@@ -103,10 +104,11 @@ def _dpo_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
 
     pcfg = PreferenceConfig(
         model=ModelConfig(name=cfg.model),
-        data=DataConfig(path=f"task:{cfg.task}", train_rows=640, eval_rows=cfg.eval_problems),
+        data=DataConfig(path=f"task:{cfg.task}", train_rows=cfg.dpo_problems, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.dpo_lr, schedule="constant"),
         train=TrainConfig(out=str(run_dir / "dpo"), max_steps=cfg.dpo_steps, seed=cfg.seed, progress=cfg.progress),
-        pref=PreferenceOptions(pairs_per_step=32, pairs_per_microbatch=32, eval_max_new_tokens=64, self_generated=2),
+        pref=PreferenceOptions(pairs_per_step=32, pairs_per_microbatch=32, eval_max_new_tokens=64, self_generated=2,
+                               loss_args={"rpo_alpha": "10"}),
         loss="rpo", beta=0.1,
     )
     r = run_preference_stage(model, tokenizer, pcfg)
@@ -120,11 +122,12 @@ def _rl_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
     from posttrain.trainers.rl import RLConfig, RLOptions, run_rl_stage
 
     rcfg = RLConfig(
+        algo="grpo",
         model=ModelConfig(name=cfg.model),
         data=DataConfig(path=f"task:{cfg.task}", train_rows=2000, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.rl_lr, schedule="constant"),
         train=TrainConfig(out=str(run_dir / "rl"), max_steps=cfg.rl_steps, seed=cfg.seed, progress=cfg.progress),
-        rl=RLOptions(algo="grpo", prompts_per_step=16, samples_per_prompt=8, max_new_tokens=64, show_every=10),
+        rl=RLOptions(prompts_per_step=16, samples_per_prompt=8, max_new_tokens=64, show_every=10),
     )
     r = run_rl_stage(model, tokenizer, rcfg)
     png = plot_rl(run_dir, r["curves"])
