@@ -24,7 +24,9 @@ class DemoConfig:
     task: str = "addition:scratchpad=2"  # 3-digit addition, one column per line with the running result, then "#### sum"
     model: str = "tiny-llama:d=128,l=4,h=4"
     seed: int = 0
-    sft_steps: int = 520
+    sft_steps: int = 700  # the schedule's length; SFT stops early at sft_target_accuracy
+    sft_target_accuracy: float = 0.95
+    sft_eval_every: int = 50
     sft_lr: float = 3e-3
     sequences_per_step: int = 64
     eval_problems: int = 200
@@ -43,9 +45,9 @@ def _sft_config(cfg: DemoConfig, run_dir: Path) -> SFTConfig:
         data=DataConfig(path=f"task:{cfg.task}", train_rows=50000, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=50, min_lr_ratio=0.05),
         train=TrainConfig(out=str(run_dir / "sft"), max_steps=cfg.sft_steps, seed=cfg.seed,
-                          eval_every=max(1, cfg.sft_steps // 4), progress=cfg.progress),
+                          eval_every=cfg.sft_eval_every, progress=cfg.progress),
         sft=SFTOptions(sequences_per_step=cfg.sequences_per_step, sequences_per_microbatch=cfg.sequences_per_step,
-                       eval_max_new_tokens=64),
+                       eval_max_new_tokens=64, target_accuracy=cfg.sft_target_accuracy),
     )
 
 

@@ -34,6 +34,7 @@ class SFTOptions:
     pack: bool = True
     tokens_per_row: int = 0  # packing row length; 0 = the longest example (attention cost stays near unpacked)
     eval_max_new_tokens: int = 32
+    target_accuracy: float = 0.0  # > 0: stop once a periodic eval reaches this held-out accuracy
 
 
 @dataclass(frozen=True)
@@ -186,8 +187,12 @@ class SFTTrainer:
                     self.save()
                 bar.update(self.step, loss=m["loss"], tok_s=m["tokens_per_s"])
                 last = m
-        final = self.evaluate()
-        if final:
+                if c.sft.target_accuracy and m.get("eval/accuracy", 0.0) >= c.sft.target_accuracy:
+                    console.print(f"held-out accuracy {m['eval/accuracy']:.3f} >= sft.target_accuracy at step {self.step}: stopping")
+                    break
+        evaluated_now = any(k.startswith("eval/") for k in last)
+        final = {k: v for k, v in last.items() if k.startswith("eval/")} if evaluated_now else self.evaluate()
+        if final and not evaluated_now:
             self.logger.log(final, self.step)
             console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
         path = self.save()
