@@ -117,3 +117,13 @@ def test_file_data_eval_loss_and_reference_answers(tmp_path):
     assert [ex.answer for ex in t.answered] == ["52", "54", "56", "58"]
     out = t.train()
     assert out["eval/loss"] > 0 and 0.0 <= out["eval/accuracy"] <= 1.0
+
+
+def test_stops_at_target_accuracy(tmp_path):
+    cfg = _cfg(tmp_path, sft=dict(target_accuracy=0.9), train=dict(max_steps=10, eval_every=2))
+    t = SFTTrainer(cfg)
+    accs = iter([0.5, 0.95])
+    t.evaluate = lambda: {"eval/accuracy": next(accs)}
+    out = t.train()
+    assert t.step == 4 and out["eval/accuracy"] == 0.95
+    assert latest_checkpoint(tmp_path / "run").name == "step-0000004"
