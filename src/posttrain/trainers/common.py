@@ -183,3 +183,16 @@ def load_split(data_cfg: DataConfig, split: str, kind: str | None = None):
     for msg in report.first_errors:
         console.print(f"  skipped: {msg}")
     return examples, None
+
+
+def optimizer_step(model, opt, sched, max_grad_norm: float, step: int, loss: float) -> tuple[float, float]:
+    """Clip, refuse a non-finite gradient (naming the step and loss), step the optimizer and the
+    schedule, clear gradients. Returns (grad norm before clipping, learning rate used)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if not torch.isfinite(grad_norm):
+        raise FloatingPointError(f"step {step + 1}: gradient norm is {grad_norm} (loss {loss})")
+    lr = sched.get_last_lr()[0]
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return float(grad_norm), lr

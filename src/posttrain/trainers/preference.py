@@ -45,10 +45,10 @@ from posttrain.losses.preference import PREFERENCE_LOSSES, UNPAIRED_LOSSES, Pref
 from posttrain.models import load_model_and_tokenizer
 from posttrain.trainers.common import (
     DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, apply_lora, build_optimizer,
-    default_verifier, exact_match_eval, seed_everything,
+    default_verifier, exact_match_eval, optimizer_step, seed_everything,
 )
 from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, sequence_batch, sequence_logps, tokenize_pairs
-from posttrain.trainers.pref_data import FallingLogpsMonitor, UnpairedItem, parse_loss_spec, self_generated_rejections, unpair
+from posttrain.trainers.pref_data import FallingLogpsMonitor, parse_loss_spec, self_generated_rejections, unpair
 
 REFERENCE_FREE = {"simpo", "orpo", "sft"}
 
@@ -266,16 +266,10 @@ class PreferenceTrainer:
             loss_sum += float(loss.detach())
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v * len(idx) / len(idx_all)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise FloatingPointError(f"step {self.step + 1}: gradient norm is {grad_norm} (loss {loss_sum})")
-        lr = self.sched.get_last_lr()[0]
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(self.model, self.opt, self.sched, c.optim.max_grad_norm, self.step, loss_sum)
         self.step += 1
         self._watch_logps(totals)
-        return {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": lr, "pairs": len(idx_all), **totals}
+        return {"loss": loss_sum, "grad_norm": grad_norm, "lr": lr, "pairs": len(idx_all), **totals}
 
     def _watch_logps(self, m: dict) -> None:
         msg = self.monitor.update(m["logps/chosen"] / max(1.0, m["tokens_per_response"]), m["logps/rejected"] / max(1.0, m["tokens_per_response"]))

@@ -30,7 +30,7 @@ from posttrain.checkpoint import restore_checkpoint, save_checkpoint
 from posttrain.logging import MetricsLogger, ProgressBar, console
 from posttrain.losses.reward import bradley_terry_loss
 from posttrain.models import load_model_and_tokenizer
-from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, seed_everything
+from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, optimizer_step, seed_everything
 from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, tokenize_pairs
 
 
@@ -144,15 +144,9 @@ class RewardTrainer:
             total += float(loss.detach())
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + v * len(chunk) / len(idx)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise FloatingPointError(f"step {self.step + 1}: gradient norm is {grad_norm} (loss {total})")
-        lr = self.sched.get_last_lr()[0]
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(self.model, self.opt, self.sched, c.optim.max_grad_norm, self.step, total)
         self.step += 1
-        return {"loss": total, "grad_norm": float(grad_norm), "lr": lr, "pairs": len(idx), **stats_sum}
+        return {"loss": total, "grad_norm": grad_norm, "lr": lr, "pairs": len(idx), **stats_sum}
 
     @torch.no_grad()
     def evaluate(self) -> dict:

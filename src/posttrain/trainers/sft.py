@@ -23,7 +23,7 @@ from posttrain.models import load_model_and_tokenizer
 from posttrain.ops import aggregate, token_logprobs
 from posttrain.trainers.common import (
     DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, apply_lora, build_optimizer,
-    default_verifier, exact_match_eval, load_split, seed_everything,
+    default_verifier, exact_match_eval, load_split, optimizer_step, seed_everything,
 )
 
 
@@ -136,15 +136,9 @@ class SFTTrainer:
             loss, nll_sum = microbatch_loss(self.model, mb, n_loss)
             loss.backward()
             total += nll_sum
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise FloatingPointError(f"step {self.step + 1}: gradient norm is {grad_norm} (loss {total / n_loss})")
-        lr = self.sched.get_last_lr()[0]
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
+        grad_norm, lr = optimizer_step(self.model, self.opt, self.sched, c.optim.max_grad_norm, self.step, total / n_loss)
         self.step += 1
-        return {"loss": total / n_loss, "grad_norm": float(grad_norm), "lr": lr,
+        return {"loss": total / n_loss, "grad_norm": grad_norm, "lr": lr,
                 "tokens": sum(len(e) for e in batch), "loss_tokens": n_loss}
 
     @torch.no_grad()
