@@ -2,8 +2,10 @@
 the resumable data order, and generation-based exact-match evaluation."""
 from __future__ import annotations
 
+import json
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -196,3 +198,42 @@ def optimizer_step(model, opt, sched, max_grad_norm: float, step: int, loss: flo
     sched.step()
     opt.zero_grad(set_to_none=True)
     return float(grad_norm), lr
+
+
+def training_loop(trainer, train_cfg: TrainConfig, name: str, count_key: str, bar_fields, stop=None) -> dict:
+    """The outer loop every offline trainer shares: `trainer.train_step()` until `max_steps`, with
+    throughput (`<count_key>_per_s`), periodic eval, logging, periodic saves, the progress bar, and an
+    optional early stop (`stop(metrics) -> reason or None`). Then the final eval (reused when the
+    last step already evaluated) is logged. Returns the last step's metrics merged with the final eval.
+
+    `trainer` provides `step`, `train_step()`, `evaluate()`, `save()` and `logger`."""
+    from posttrain.logging import ProgressBar, console
+
+    last: dict = {}
+    t0, done = time.perf_counter(), 0
+    with ProgressBar(train_cfg.max_steps, name, train_cfg.progress, start=trainer.step) as bar:
+        while trainer.step < train_cfg.max_steps:
+            m = trainer.train_step()
+            done += m[count_key]
+            m[f"{count_key}_per_s"] = done / (time.perf_counter() - t0)
+            if train_cfg.eval_every and trainer.step % train_cfg.eval_every == 0 and trainer.step < train_cfg.max_steps:
+                m.update(trainer.evaluate())
+            evaluated = any(k.startswith("eval/") for k in m)
+            if trainer.step % train_cfg.log_every == 0 or evaluated:
+                trainer.logger.log(m, trainer.step)
+            if train_cfg.save_every and trainer.step % train_cfg.save_every == 0:
+                trainer.save()
+            bar.update(trainer.step, **bar_fields(m))
+            last = m
+            reason = stop(m) if stop is not None else None
+            if reason:
+                console.print(f"{name}: stopping at step {trainer.step}: {reason}")
+                break
+    if any(k.startswith("eval/") for k in last):
+        final = {k: v for k, v in last.items() if k.startswith("eval/")}
+    else:
+        final = trainer.evaluate()
+        if final:
+            trainer.logger.log(final, trainer.step)
+            console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+    return {**last, **final}

@@ -40,12 +40,12 @@ import torch
 
 from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
 from posttrain.data import DataError
-from posttrain.logging import MetricsLogger, ProgressBar, console, warn
+from posttrain.logging import MetricsLogger, console, warn
 from posttrain.losses.preference import PREFERENCE_LOSSES, UNPAIRED_LOSSES, PreferenceLogps, UnpairedLogps, combined_loss
 from posttrain.models import load_model_and_tokenizer
 from posttrain.trainers.common import (
     DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, apply_lora, build_optimizer,
-    default_verifier, exact_match_eval, optimizer_step, seed_everything,
+    default_verifier, exact_match_eval, optimizer_step, seed_everything, training_loop,
 )
 from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, sequence_batch, sequence_logps, tokenize_pairs
 from posttrain.trainers.pref_data import FallingLogpsMonitor, parse_loss_spec, self_generated_rejections, unpair
@@ -356,28 +356,11 @@ class PreferenceTrainer:
             if before:
                 self.logger.log(before, 0)
                 console.print(f"eval before: {json.dumps({k: round(v, 4) for k, v in before.items()})}")
-        last: dict = {}
-        t0, done = time.perf_counter(), 0
-        with ProgressBar(c.train.max_steps, "dpo", c.train.progress, start=self.step) as bar:
-            while self.step < c.train.max_steps:
-                m = self.train_step()
-                done += m["pairs"]
-                m["pairs_per_s"] = done / (time.perf_counter() - t0)
-                if c.train.eval_every and self.step % c.train.eval_every == 0 and self.step < c.train.max_steps:
-                    m.update(self.evaluate())
-                if self.step % c.train.log_every == 0 or any(k.startswith("eval/") for k in m):
-                    self.logger.log(m, self.step)
-                if c.train.save_every and self.step % c.train.save_every == 0:
-                    self.save()
-                bar.update(self.step, loss=m["loss"], acc=m.get("rewards/accuracies", float("nan")))
-                last = m
-        final = self.evaluate()
-        if final:
-            self.logger.log(final, self.step)
-            console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+        bar = lambda m: {"loss": m["loss"], "acc": m.get("rewards/accuracies", float("nan"))}  # noqa: E731
+        out = training_loop(self, c.train, "dpo", "pairs", bar)
         path = self.save()
         self.logger.close()
-        return {**last, **before, **final, "checkpoint": str(path)}
+        return {**out, **before, "checkpoint": str(path)}
 
 
 def run_preference_stage(model, tokenizer, cfg: PreferenceConfig) -> dict:

@@ -20,17 +20,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from posttrain.checkpoint import restore_checkpoint, save_checkpoint
-from posttrain.logging import MetricsLogger, ProgressBar, console
+from posttrain.logging import MetricsLogger, console
 from posttrain.losses.reward import bradley_terry_loss
 from posttrain.models import load_model_and_tokenizer
-from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, optimizer_step, seed_everything
+from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, optimizer_step, seed_everything, training_loop
 from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, tokenize_pairs
 
 
@@ -183,29 +182,11 @@ class RewardTrainer:
         c = self.cfg
         console.print(f"rm config: {json.dumps(dataclasses.asdict(c), default=str)}")
         console.print(f"rm sizes: {json.dumps({'parameters': sum(p.numel() for p in self.model.parameters()), 'train_pairs': len(self.pairs), 'eval_pairs': len(self.eval_pairs)})}")
-        last: dict = {}
-        t0, done = time.perf_counter(), 0
-        with ProgressBar(c.train.max_steps, "rm", c.train.progress, start=self.step) as bar:
-            while self.step < c.train.max_steps:
-                m = self.train_step()
-                done += m["pairs"]
-                m["pairs_per_s"] = done / (time.perf_counter() - t0)
-                if c.train.eval_every and self.step % c.train.eval_every == 0 and self.step < c.train.max_steps:
-                    m.update(self.evaluate())
-                if self.step % c.train.log_every == 0 or "eval/pairwise_accuracy" in m:
-                    self.logger.log(m, self.step)
-                if c.train.save_every and self.step % c.train.save_every == 0:
-                    self.save()
-                bar.update(self.step, loss=m["loss"], acc=m["accuracy"])
-                last = m
-        final = self.evaluate()
-        if final:
-            self.logger.log(final, self.step)
-            console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+        out = training_loop(self, c.train, "rm", "pairs", lambda m: {"loss": m["loss"], "acc": m["accuracy"]})
         path = self.save()
         model_dir = self.export()
         self.logger.close()
-        return {**last, **final, "checkpoint": str(path), "model": str(model_dir)}
+        return {**out, "checkpoint": str(path), "model": str(model_dir)}
 
 
 HELP = "Bradley-Terry reward model on a causal LM backbone (pairwise accuracy eval)"

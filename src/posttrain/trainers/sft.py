@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +16,13 @@ import torch
 
 from posttrain.checkpoint import restore_checkpoint, save_checkpoint
 from posttrain.data import TokenizedExample, pack_rows, packed_batch, pad_batch, tokenize_sft
-from posttrain.logging import MetricsLogger, ProgressBar, console, warn
+from posttrain.logging import MetricsLogger, console, warn
 from posttrain.losses.sft import sft_loss
 from posttrain.models import load_model_and_tokenizer
 from posttrain.ops import aggregate, token_logprobs
 from posttrain.trainers.common import (
     DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, apply_lora, build_optimizer,
-    default_verifier, exact_match_eval, load_split, optimizer_step, seed_everything,
+    default_verifier, exact_match_eval, load_split, optimizer_step, seed_everything, training_loop,
 )
 
 
@@ -166,32 +165,16 @@ class SFTTrainer:
         c = self.cfg
         console.print(f"sft config: {json.dumps(dataclasses.asdict(c), default=str)}")
         console.print(f"sft sizes: {json.dumps(self.describe())}")
-        last: dict = {}
-        t0, tok_done = time.perf_counter(), 0
-        with ProgressBar(c.train.max_steps, "sft", c.train.progress, start=self.step) as bar:
-            while self.step < c.train.max_steps:
-                m = self.train_step()
-                tok_done += m["tokens"]
-                m["tokens_per_s"] = tok_done / (time.perf_counter() - t0)
-                if c.train.eval_every and self.step % c.train.eval_every == 0 and self.step < c.train.max_steps:
-                    m.update(self.evaluate())
-                if self.step % c.train.log_every == 0 or any(k.startswith("eval/") for k in m):
-                    self.logger.log(m, self.step)
-                if c.train.save_every and self.step % c.train.save_every == 0:
-                    self.save()
-                bar.update(self.step, loss=m["loss"], tok_s=m["tokens_per_s"])
-                last = m
-                if c.sft.target_accuracy and m.get("eval/accuracy", 0.0) >= c.sft.target_accuracy:
-                    console.print(f"held-out accuracy {m['eval/accuracy']:.3f} >= sft.target_accuracy at step {self.step}: stopping")
-                    break
-        evaluated_now = any(k.startswith("eval/") for k in last)
-        final = {k: v for k, v in last.items() if k.startswith("eval/")} if evaluated_now else self.evaluate()
-        if final and not evaluated_now:
-            self.logger.log(final, self.step)
-            console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+        target = c.sft.target_accuracy
+
+        def reached(m: dict) -> str | None:
+            acc = m.get("eval/accuracy")
+            return f"held-out accuracy {acc:.3f} >= sft.target_accuracy" if target and acc is not None and acc >= target else None
+
+        out = training_loop(self, c.train, "sft", "tokens", lambda m: {"loss": m["loss"], "tok_s": m["tokens_per_s"]}, reached)
         path = self.save()
         self.logger.close()
-        return {**last, **final, "checkpoint": str(path)}
+        return {**out, "checkpoint": str(path)}
 
 
 HELP = "supervised fine-tuning (completion-only loss, packing, LoRA)"
