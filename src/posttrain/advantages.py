@@ -34,6 +34,12 @@ Departures / choices:
 - Token-level passes skip positions where ``mask`` is 0 (holes and any padding side), carrying the
   next value / return across them, as verl's GAE does. After the last valid token the value is 0.
 - Normalized token-level advantages are whitened over all valid tokens of the batch.
+
+Process rewards (a PRM's per-step scores) enter in one of two ways (`trainers.rl` picks):
+- token-level estimators (``gae``, ``reinforce_pp*``) take them in ``token_rewards`` at each step's
+  last token (Math-Shepherd, Wang et al. 2024, step-by-step PPO);
+- group estimators add `process_advantages` (DeepSeekMath Sec. 4.1.3, process supervision with GRPO)
+  to the outcome advantage.
 """
 from __future__ import annotations
 
@@ -50,6 +56,7 @@ __all__ = [
     "group_stats",
     "zero_std_group_fraction",
     "expand_to_tokens",
+    "process_advantages",
 ]
 
 AdvantageEstimator = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -234,6 +241,51 @@ def gae_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, value
         adv[:, t] = torch.where(valid, gae_t, torch.zeros_like(gae_t))
     returns = (adv + v) * m
     return adv, returns
+
+
+# ----------------------------------------------------------------------------------------------
+# process supervision: per-step rewards -> token-level advantages (beside an estimator's outcome term)
+
+
+def process_advantages(step_rewards: torch.Tensor, step_mask: torch.Tensor, group_ids: torch.Tensor, *,
+                       mask: torch.Tensor | None = None, eps: float = 1e-6, scale_by_std: bool = True) -> torch.Tensor:
+    """(N, T) process-supervision advantages from per-step rewards placed at each step's last token.
+
+    Shao et al. 2024 ("DeepSeekMath", Sec. 4.1.3, "Process Supervision RL with GRPO"): the rewards of
+    all steps of all completions of one prompt (a group) are normalized together,
+    ``r~ = (r - mean_g) / std_g``, and a token's advantage is the sum of the normalized rewards of the
+    steps that end at or after it: ``A_t = sum_{k : end_k >= t} r~_k``.
+
+    step_rewards (N, T) float: a step's reward at its last token (other positions are ignored, even
+    if not finite); step_mask (N, T) bool: True at step-end tokens; group_ids (N,) long;
+    mask (N, T): valid tokens (0 elsewhere in the output).
+
+    Departures / choices:
+    - ``std + eps`` in the denominator, unbiased (Bessel) std as in `group_stats`; a group with fewer
+      than two steps, or with all step rewards equal, gets 0 (no comparison is possible).
+    - ``scale_by_std=False`` only subtracts the group mean (the Dr. GRPO choice, for ``dr_grpo``).
+    - A completion with no step contributes nothing to its group's statistics and gets 0; tokens after
+      a completion's last step end (e.g. its EOS) get 0.
+    - The paper uses this as the whole advantage; `trainers.rl` adds it to the outcome advantage,
+      weighted by ``rl.prm_coef``.
+    """
+    if step_rewards.dim() != 2 or step_mask.shape != step_rewards.shape or group_ids.shape != step_rewards.shape[:1]:
+        raise ValueError(f"step_rewards {tuple(step_rewards.shape)} and step_mask {tuple(step_mask.shape)} must be "
+                         f"(N, T) and group_ids {tuple(group_ids.shape)} (N,)")
+    sm = step_mask.bool()
+    r = torch.where(sm, step_rewards.float(), torch.zeros((), dtype=torch.float32, device=step_rewards.device))
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    n_groups = int(inv.max()) + 1 if inv.numel() else 0
+    count = torch.zeros(n_groups, dtype=r.dtype, device=r.device).index_add_(0, inv, sm.sum(-1).to(r.dtype))
+    total = torch.zeros_like(count).index_add_(0, inv, r.sum(-1))
+    mean = (total / count.clamp_min(1.0))[inv].unsqueeze(-1)
+    centered = torch.where(sm, r - mean, torch.zeros_like(r))
+    if scale_by_std:
+        sq = torch.zeros_like(count).index_add_(0, inv, (centered**2).sum(-1))
+        std = (sq / (count - 1).clamp_min(1.0)).sqrt()[inv].unsqueeze(-1)
+        centered = centered / (std + eps)
+    adv = centered.flip(-1).cumsum(-1).flip(-1)  # sum over steps ending at or after t
+    return adv if mask is None else adv * mask.to(adv.dtype)
 
 
 def compute_advantages(name: str, rewards: torch.Tensor, group_ids: torch.Tensor, **kwargs):

@@ -7,18 +7,22 @@ token ids (`models.prm.split_token_steps`: a step ends at the first token whose 
 separator), so the reward lands on a token the policy actually generated and nothing is re-tokenized
 for the trainer; only the PRM reads the step texts (through its own `encode_steps`).
 
-The trainer adds these to the outcome reward at the same token positions and computes token-level
-advantages as usual (e.g. GAE, or REINFORCE returns-to-go). Departure: Math-Shepherd uses the raw
-score; `baseline` (default 0) is subtracted from every step score, e.g. 0.5 to make a neutral step
-worth nothing, and `scale` multiplies it.
+`dense_step_rewards` lays them out as (N, T) tensors over the rollout batch. `trainers.rl` (``rl.prm_model``)
+uses them in one of two ways: token-level estimators (GAE, REINFORCE++) get them added to the
+token-level reward at the same positions (Math-Shepherd's step-by-step PPO), group estimators (GRPO
+family) get `advantages.process_advantages` (DeepSeekMath Sec. 4.1.3) added to the outcome advantage.
+Departure: Math-Shepherd uses the raw score; `baseline` (default 0) is subtracted from every step
+score, e.g. 0.5 to make a neutral step worth nothing, and `scale` multiplies it.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import torch
+
 from posttrain.models.prm import split_token_steps
 
-__all__ = ["prm_step_rewards"]
+__all__ = ["prm_step_rewards", "dense_step_rewards"]
 
 
 def prm_step_rewards(
@@ -63,3 +67,21 @@ def prm_step_rewards(
                 raise RuntimeError(f"PRM returned {len(sc)} scores for {len(ends)} steps (completion {i})")
             out[i] = [(e - 1, scale * (float(s) - baseline)) for e, s in zip(ends, sc)]
     return out
+
+
+def dense_step_rewards(step_rewards: Sequence[Sequence[tuple[int, float]]], num_tokens: int):
+    """``[(token_index, reward), ...]`` per completion -> (rewards (N, T) float, step_mask (N, T) bool).
+
+    `rewards` holds each step's reward at its last token and 0 elsewhere; `step_mask` marks those tokens.
+    """
+    n = len(step_rewards)
+    rewards = torch.zeros((n, num_tokens), dtype=torch.float32)
+    step_mask = torch.zeros((n, num_tokens), dtype=torch.bool)
+    for i, steps in enumerate(step_rewards):
+        for t, r in steps:
+            if not 0 <= t < num_tokens:
+                raise IndexError(f"completion {i}: step reward at token {t}, outside 0..{num_tokens - 1}")
+            if step_mask[i, t]:
+                raise ValueError(f"completion {i}: two steps end at token {t}")
+            rewards[i, t], step_mask[i, t] = float(r), True
+    return rewards, step_mask

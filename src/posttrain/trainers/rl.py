@@ -22,6 +22,16 @@ Departures / choices:
   `max_refill_rounds` extra rounds; a step with fewer groups trains on what it has and says so.
 - KL in the reward: per-token -beta*kl for token-level estimators (REINFORCE++, GAE), else the
   sequence reward minus beta * sum_t kl_t.
+
+PRM as a dense reward (``--rl.prm_model runs/prm``, a folder written by `posttrain prm`): the PRM
+scores each step of each completion (cut from the engine's token ids at ``rl.prm_step_sep``, by
+default the PRM's own separator) at the step's last token. Sequence-level estimators (grpo, dr_grpo,
+rloo, remax) add ``prm_coef *`` `advantages.process_advantages` (DeepSeekMath Sec. 4.1.3: step scores
+normalized over the group, summed over the steps ending at or after each token) to the outcome
+advantage; the paper uses the process term alone. Token-level estimators (gae / ppo, reinforce_pp*)
+get ``prm_coef * (score - prm_baseline)`` in the token-level reward (Math-Shepherd step-by-step PPO,
+which uses the raw score; baseline 0.5 keeps the policy from being paid per step written). A failing
+PRM call is counted (``prm/errors``) and warned about; that batch trains on the outcome reward alone.
 """
 from __future__ import annotations
 
@@ -34,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from posttrain.advantages import compute_advantages, zero_std_group_fraction
+from posttrain.advantages import compute_advantages, expand_to_tokens, process_advantages, zero_std_group_fraction
 from posttrain.checkpoint import restore_checkpoint, save_checkpoint
 from posttrain.data import encode_prompt
 from posttrain.logging import MetricsLogger, ProgressBar, console, warn
@@ -48,11 +58,12 @@ from posttrain.trainers.common import (
 )
 from posttrain.trainers.rl_batch import (
     RolloutBatch, ValueModel, batched_no_grad, build_reward_fns, collate_completions, is_empty_prompt,
-    policy_forward, prompt_text, score,
+    load_prm_scorer, policy_forward, prm_step_scores, prompt_text, score,
 )
-from posttrain.trainers.rl_presets import Algorithm, resolve_algorithm
+from posttrain.trainers.rl_presets import TOKEN_REWARD_ESTIMATORS, Algorithm, resolve_algorithm
 from posttrain.trainers.rl_update import (
-    health_warnings, kl_shaped_rewards, merge_stats, mismatch_stats, update_dpo, update_policy, update_value,
+    health_warnings, kl_shaped_rewards, merge_stats, mismatch_stats, prm_token_rewards, update_dpo, update_policy,
+    update_value,
 )
 
 
@@ -77,6 +88,11 @@ class RLOptions:
     eval_max_new_tokens: int = 0  # 0: max_new_tokens
     min_entropy: float = 0.01  # warn below (entropy collapse)
     max_kl: float = 1.0  # warn above (KL blow-up)
+    # process reward model as a dense reward (see the module docstring); empty prm_model: off
+    prm_model: str = ""  # a PRM folder written by `posttrain prm`
+    prm_coef: float = 1.0  # weight of the PRM term beside the outcome reward / advantage
+    prm_step_sep: str = ""  # empty: the separator the PRM was trained with
+    prm_baseline: float = 0.5  # subtracted from step scores in token-level rewards (gae, reinforce_pp)
     # axes: None = the preset's value (see rl_presets)
     estimator: str | None = None
     loss: str | None = None
@@ -135,6 +151,10 @@ class RLTrainer:
         self.opt, self.sched = build_optimizer(self.model, cfg.optim, total_updates)
         self.critic_opt = build_optimizer(self.critic, cfg.optim, total_updates)[0] if self.critic else None
         self.engine = self._build_engine()
+        if c.prm_model and (self.alg.loss == "dpo" or c.prm_coef < 0):
+            raise ValueError("rl.prm_model needs a policy-gradient --algo (not online_dpo) and rl.prm_coef >= 0")
+        self.prm_scorer, self.prm_sep = (None, "") if not c.prm_model else load_prm_scorer(
+            c.prm_model, c.prm_step_sep, c.sequences_per_microbatch, cfg.data.max_length)
         self.run_dir, self.step_num = Path(cfg.train.out), 0
         self.counts: Counter = Counter()  # cumulative bad-case counts
         self._warned: Counter = Counter()
@@ -218,6 +238,9 @@ class RLTrainer:
             "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "rewards": [getattr(f, "__name__", str(f)) + f" x{w}" for f, w in self.reward_fns],
             "reference_model": self.ref is not None, "value_model": self.critic is not None,
+            "prm": {"model": c.prm_model, "coef": c.prm_coef, "step_sep": self.prm_sep, "baseline": c.prm_baseline,
+                    "use": "token_rewards" if self.alg.estimator in TOKEN_REWARD_ESTIMATORS else "process_advantages"}
+            if self.prm_scorer is not None else None,
         }
 
     # ------------------------------------------------------------------ the step
@@ -230,6 +253,8 @@ class RLTrainer:
         if batch is None:
             self.step_num += 1
             return m
+        if self.prm_scorer is not None:
+            self.score_steps(batch, m)  # PRM: a score per reasoning step (dense reward)
         self.reference(batch, m)  # old-policy / reference logprobs, values
         self.advantages(batch, m)  # (KL-shaped) rewards -> advantages
         t1 = time.perf_counter()
@@ -301,6 +326,20 @@ class RLTrainer:
         outs = self.engine.generate([self.prompt_ids[i] for i in idx], SamplingParams(n=1, temperature=0.0, max_new_tokens=c.max_new_tokens, stop=tuple(c.stop)))
         return score(self.reward_fns, [self.rows[i] for i in idx], [o[0] for o in outs], c.reward_timeout_s).total
 
+    def score_steps(self, batch: RolloutBatch, m: dict) -> None:
+        """PRM step scores into the batch; a failure costs this batch its dense reward, not the run."""
+        t0 = time.perf_counter()
+        try:
+            m.update(prm_step_scores(self.prm_scorer, batch, self.tokenizer, self.prm_sep))
+            m["prm/errors"] = 0
+        except Exception as e:  # any PRM failure: train on the outcome reward alone
+            batch.step_scores = batch.step_mask = None
+            self.counts["prm_errors"] += 1
+            m["prm/errors"] = 1
+            warn(f"step {self.step_num + 1}: PRM scoring failed ({type(e).__name__}: {e}); this batch trains on the "
+                 f"outcome reward only (PRM failures so far: {self.counts['prm_errors']})")
+        m["time/prm_s"] = time.perf_counter() - t0
+
     def reference(self, batch: RolloutBatch, m: dict) -> None:
         """No-grad passes: old-policy logprobs (when needed), reference logprobs, critic values."""
         c, alg = self.cfg.rl, self.alg
@@ -318,13 +357,22 @@ class RLTrainer:
         alg = self.alg
         if alg.loss == "dpo":
             return
+        c, steps = self.cfg.rl, batch.step_scores is not None
         rewards, token_rewards = batch.rewards, None
         if alg.kl_placement == "reward" and batch.ref_logp is not None:
             rewards, token_rewards, m["kl_in_reward"] = kl_shaped_rewards(alg, batch.rewards, batch.old_logp, batch.ref_logp, batch.token_mask)
+        token_level = alg.estimator in TOKEN_REWARD_ESTIMATORS
+        if steps and token_level:  # Math-Shepherd: step scores in the token-level reward
+            token_rewards = prm_token_rewards(token_rewards, batch.step_scores, batch.step_mask, c.prm_coef, c.prm_baseline)
         adv, ret = compute_advantages(
             alg.estimator, rewards, batch.group_ids, baseline_rewards=batch.baseline, values=batch.values,
             token_rewards=token_rewards, mask=batch.token_mask, gamma=alg.gamma, lam=alg.lam,
         )
+        if steps and not token_level:  # DeepSeekMath process supervision beside the outcome advantage
+            proc = process_advantages(batch.step_scores, batch.step_mask, batch.group_ids, mask=batch.token_mask,
+                                      scale_by_std=alg.estimator != "dr_grpo")
+            adv = expand_to_tokens(adv, batch.token_mask) + c.prm_coef * proc
+            m["prm/advantage_abs_mean"] = float(masked_mean(proc.abs(), batch.token_mask))
         if alg.whiten_advantages and adv.dim() == 2:
             mean, std = masked_mean(adv, batch.loss_mask), masked_mean((adv - masked_mean(adv, batch.loss_mask)) ** 2, batch.loss_mask).sqrt()
             adv = (adv - mean) / (std + 1e-8) * batch.loss_mask

@@ -19,6 +19,7 @@ from posttrain.data import Example
 from posttrain.ops import entropy_from_logits, token_logprobs
 from posttrain.rewards import combine_rewards, countdown_reward, exact_match, make_format_reward, math_reward
 from posttrain.rewards.base import RewardOutput
+from posttrain.rewards.prm import dense_step_rewards, prm_step_rewards
 from posttrain.rollout import Completion
 
 
@@ -32,6 +33,8 @@ class RolloutBatch:
     rollout_logp: (N, T) float, the engine's sampling logprobs.
     truncated: (N,) bool, hit max_new_tokens. group_ids: (N,) long.
     rewards: (N,) the combined reward; baseline: (N,) greedy-rollout reward (ReMax) or None.
+    step_scores / step_mask: (N, T) float / bool, a process reward model's score (probability that the
+      step is correct) at each step's last token, when the trainer has a PRM; None otherwise.
     Filled later in the step: old_logp / ref_logp / values (N, T), advantages (N,) or (N, T), returns.
     """
 
@@ -46,6 +49,8 @@ class RolloutBatch:
     group_ids: torch.Tensor
     rewards: torch.Tensor
     baseline: torch.Tensor | None = None
+    step_scores: torch.Tensor | None = None
+    step_mask: torch.Tensor | None = None
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     values: torch.Tensor | None = None
@@ -77,6 +82,37 @@ def reward_columns(rows: list[Example], completions: list[Completion]) -> dict[s
 def score(reward_fns, rows: list[Example], completions: list[Completion], timeout_s: float) -> RewardOutput:
     prompts = [prompt_text(ex) for ex in rows]
     return combine_rewards(reward_fns, prompts, [c.text for c in completions], reward_columns(rows, completions), timeout_s=timeout_s)
+
+
+def load_prm_scorer(path: str, step_sep: str, batch_size: int, max_length: int):
+    """(PRMScorer, step separator) for a PRM folder written by `posttrain prm`; the PRM is frozen.
+    An empty `step_sep` means the separator the PRM was trained with."""
+    from posttrain.models.prm import PRMScorer, load_prm
+
+    prm, tok = load_prm(path)
+    for p in prm.parameters():
+        p.requires_grad_(False)
+    return PRMScorer(prm, tok, batch_size=batch_size, max_length=max_length), step_sep or prm.step_sep
+
+
+def prm_step_scores(scorer, batch: RolloutBatch, tokenizer, step_sep: str) -> dict:
+    """Score every step of every completion with a PRM; fills batch.step_scores / step_mask, returns metrics.
+
+    Steps are cut from the engine's token ids with the policy's tokenizer (`rewards.prm.prm_step_rewards`);
+    raises if the PRM returns a non-finite score (the caller treats any failure as "no dense reward").
+    """
+    steps = prm_step_rewards(scorer, [ex.prompt for ex in batch.rows], [c.text for c in batch.completions],
+                             [c.token_ids for c in batch.completions], tokenizer, step_sep)
+    scores, step_mask = dense_step_rewards(steps, batch.completion.shape[1])
+    if not torch.isfinite(scores).all():
+        raise FloatingPointError(f"PRM returned non-finite step scores ({int((~torch.isfinite(scores)).sum())} of them)")
+    n_steps = step_mask.sum(-1)
+    batch.step_scores, batch.step_mask = scores, step_mask
+    out = {"prm/steps_per_completion": float(n_steps.float().mean()),
+           "prm/no_step_completions": int((n_steps == 0).sum())}
+    if step_mask.any():
+        out["prm/step_score_mean"] = float(scores[step_mask].mean())
+    return out
 
 
 def make_task_reward(task) -> Callable:

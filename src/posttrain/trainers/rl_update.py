@@ -100,6 +100,13 @@ def kl_shaped_rewards(alg: Algorithm, rewards, old_logp, ref_logp, token_mask):
     return rewards - alg.kl_coef * kl.sum(-1), None, mean
 
 
+def prm_token_rewards(token_rewards, step_scores, step_mask, coef: float, baseline: float):
+    """Math-Shepherd's step-by-step PPO reward: ``coef * (score - baseline)`` at each step's last token,
+    added to the token-level rewards (None: there is no other per-token reward). (N, T)."""
+    dense = coef * (step_scores - baseline) * step_mask.to(step_scores.dtype)
+    return dense if token_rewards is None else token_rewards + dense
+
+
 def dpo_pairs(batch: RolloutBatch, idx: list[int]) -> list[tuple[int, int]]:
     """(best, worst) completion by reward for each group in `idx`; groups with all-equal rewards are dropped."""
     pairs = []
