@@ -1,6 +1,5 @@
 """PRM: data conversion and validation, step encoding, the head, Math-Shepherd labels on a scripted
 engine, a tiny training run that learns, ProcessBench F1, the scorer and dense RL rewards."""
-import math
 import re
 
 import pytest
@@ -102,6 +101,54 @@ def test_math_shepherd_auto_labels_soft_and_hard():
     assert [r["labels"] for r in out] == [[0.5, 1.0, 1.0], [0.5, 0.0, 0.0]]
     hard = auto_label(ShepherdEngine(tok), tok, rows, verify, PRMOptions(solutions_per_problem=2, rollouts_per_step=4, labels="hard"))
     assert [r["labels"] for r in hard] == [[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+
+
+class WrongSolver(ShepherdEngine):
+    """A weaker generator: every solution is 'a\nz\n#### 7' (the completer never produces it alone)."""
+
+    def generate(self, prompts, params):
+        return [[self._c("a\nz\n#### 7") for _ in range(params.n)] for _ in prompts]
+
+
+def test_math_shepherd_separate_generator_and_completer():
+    tok = build_char_tokenizer()
+    verify = lambda text, ans: re.search(r"#### (\d+)", text).group(1) == ans  # noqa: E731
+    rows = [{"prompt": [{"role": "user", "content": "2+3"}], "answer": "5"}]
+    opts = PRMOptions(solutions_per_problem=2, rollouts_per_step=4)
+    out = auto_label(ShepherdEngine(tok), tok, rows, verify, opts, solution_engine=WrongSolver(tok))
+    # solutions come from the generator, the step labels from the completer's rollouts
+    assert [r["completions"] for r in out] == [["a", "z", "#### 7"]] * 2
+    assert [r["labels"] for r in out] == [[0.5, 0.0, 0.0]] * 2
+
+
+def test_prm_task_labels_use_solution_policy(tmp_path):
+    """`prm.solution_policy` samples the labelled solutions (`prm.policy` rolls out from their prefixes)."""
+    import json
+
+    from posttrain.models import load_model_and_tokenizer
+    from posttrain.models.prm import prompt_ids
+    from posttrain.rollout import HFEngine, SamplingParams
+    from posttrain.tasks import load_task_spec
+    from posttrain.trainers.prm import load_prm_rows
+
+    for name, seed in (("gen", 1), ("comp", 2)):
+        m, t = load_model_and_tokenizer("tiny-llama:d=32,l=1,h=2", seed=seed)
+        m.save_pretrained(tmp_path / name)
+        t.save_pretrained(tmp_path / name)
+    opts = PRMOptions(policy=str(tmp_path / "comp"), solution_policy=str(tmp_path / "gen"), label_problems=3,
+                      solutions_per_problem=2, rollouts_per_step=2, label_max_new_tokens=12)
+    cfg = PRMConfig(model=ModelConfig(name=str(tmp_path / "comp")), data=DataConfig(path="task:addition:digits=1,scratchpad=2"),
+                    train=TrainConfig(out=str(tmp_path / "run")), prm=opts)
+    load_prm_rows(cfg, seed=0)
+    written = [json.loads(line) for line in open(tmp_path / "run" / "labels.jsonl")]
+    rows = load_task_spec("addition:digits=1,scratchpad=2").rl_rows(3, seed=11)
+    for name, is_source in (("gen", True), ("comp", False)):
+        model, tok = load_model_and_tokenizer(str(tmp_path / name))
+        sols = HFEngine(model, tok).generate([prompt_ids(tok, r["prompt"], True) for r in rows],
+                                             SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=0))
+        steps = [s for g in sols for c in g if (s := split_token_steps(tok, list(c.token_ids), "\n")[0])]
+        assert ([r["completions"] for r in written] == steps) == is_source
+    assert all(len(r["labels"]) == len(r["completions"]) for r in written)
 
 
 def _rows(n, seed=0):

@@ -8,9 +8,14 @@ Data (``--data``):
   stepwise row per rated step (`prm800k_rows`): Lightman et al. 2023, "Let's Verify Step by Step";
 - ``task:SPEC`` (e.g. ``task:addition:scratchpad=1``): steps labelled automatically, Math-Shepherd
   style (Wang et al. 2024, "Math-Shepherd: Verify and Reinforce LLMs Step-by-step without Human
-  Annotations"): the policy (``--prm.policy``) samples solutions; from the prefix ending at each step
-  it rolls out N completions and the step's soft label is the share that reach the right answer
-  (hard label, their "HE": 1 if any does). The final step's label is the solution's own correctness.
+  Annotations"): a generator samples solutions; from the prefix ending at each step a completer
+  rolls out N completions and the step's soft label is the share that reach the right answer
+  (their "SE"; hard label, their "HE": 1 if any does). The final step's label is the solution's
+  own correctness. The completer is ``--prm.policy`` (default: ``--model``); the generator is
+  ``--prm.solution_policy`` (default: the completer). Math-Shepherd also separates the two (a
+  fine-tuned "completer" rolls out from other models' solutions): a stronger completer gives more
+  accurate labels, and a generator equal to the policy that will be searched shows the PRM the
+  errors it has to catch.
 
 Model: `posttrain.models.prm.ProcessRewardModel` (a backbone from ``--model`` plus a linear head at
 each step's separator). Loss: `losses.reward.prm_step_loss`, summed over steps and divided by the
@@ -50,7 +55,8 @@ class PRMOptions:
     neutral_label: float = 1.0  # PRM800K rating 0
     eval_share: float = 0.1  # rows held out for step accuracy
     # Math-Shepherd automatic labels (task data)
-    policy: str = ""  # the model that rolls out (a folder); empty: model.name
+    policy: str = ""  # the completer that rolls out from each step prefix (a folder); empty: model.name
+    solution_policy: str = ""  # the generator whose solutions are labelled; empty: the completer
     label_problems: int = 256
     solutions_per_problem: int = 4
     rollouts_per_step: int = 8
@@ -102,10 +108,14 @@ def prm800k_rows(source, neutral_label: float = 1.0, limit: int = 0, on_error: s
     return out, skipped
 
 
-def auto_label(engine, tokenizer, rows: list[dict], verify, opts: PRMOptions, seed: int = 0) -> list[dict]:
-    """Math-Shepherd labels (see the module docstring): rows {prompt, answer} -> stepwise rows."""
+def auto_label(engine, tokenizer, rows: list[dict], verify, opts: PRMOptions, seed: int = 0,
+               solution_engine=None) -> list[dict]:
+    """Math-Shepherd labels (see the module docstring): rows {prompt, answer} -> stepwise rows.
+
+    `solution_engine` samples the solutions (default: `engine`); `engine` rolls out from every step
+    prefix. Both must share `tokenizer` (prefixes are passed as token ids)."""
     p_ids = [prompt_ids(tokenizer, r["prompt"], chat=True) for r in rows]
-    sols = engine.generate(p_ids, SamplingParams(n=opts.solutions_per_problem, temperature=opts.label_temperature,
+    sols = (solution_engine or engine).generate(p_ids, SamplingParams(n=opts.solutions_per_problem, temperature=opts.label_temperature,
                                                  max_new_tokens=opts.label_max_new_tokens, seed=seed))
     items, prefixes = [], []  # items: (row index, steps, ends, final correct); prefixes: (item, step, ids)
     for i, group in enumerate(sols):
@@ -145,11 +155,21 @@ def load_prm_rows(cfg: PRMConfig, seed: int = 0) -> list[dict]:
         from posttrain.tasks import load_task_spec
 
         task = load_task_spec(path[len("task:"):])
-        policy, ptok = load_model_and_tokenizer(opts.policy or cfg.model.name, seed=seed)
+        completer_name = opts.policy or cfg.model.name
+        policy, ptok = load_model_and_tokenizer(completer_name, seed=seed)
+        solution_engine = None
+        if opts.solution_policy and opts.solution_policy != completer_name:
+            gen, gtok = load_model_and_tokenizer(opts.solution_policy, seed=seed)
+            if gtok.get_vocab() != ptok.get_vocab():
+                raise ValueError(f"prm.solution_policy {opts.solution_policy} and the completer {completer_name} "
+                                 "must share a tokenizer (step prefixes are passed as token ids)")
+            solution_engine = HFEngine(gen, ptok, sequences_per_batch=256)
         rows = task.rl_rows(opts.label_problems, seed=seed + 11)
-        console.print(f"prm: labelling {len(rows)} problems x {opts.solutions_per_problem} solutions, "
-                      f"{opts.rollouts_per_step} rollouts per step (Math-Shepherd) with {opts.policy or cfg.model.name}")
-        raw = auto_label(HFEngine(policy, ptok, sequences_per_batch=256), ptok, rows, task.verify, opts, seed)
+        console.print(f"prm: labelling {len(rows)} problems x {opts.solutions_per_problem} solutions from "
+                      f"{opts.solution_policy or completer_name}, {opts.rollouts_per_step} rollouts per step with "
+                      f"{completer_name} (Math-Shepherd)")
+        raw = auto_label(HFEngine(policy, ptok, sequences_per_batch=256), ptok, rows, task.verify, opts, seed,
+                         solution_engine=solution_engine)
         out = Path(cfg.train.out)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "labels.jsonl", "w") as f:  # the automatic labels, reusable as a stepwise file
