@@ -196,3 +196,31 @@ def test_self_generated_rejections_are_the_models_own_wrong_samples(tmp_path):
     again = PreferenceTrainer(cfg)  # seeded: a resumed run rebuilds the same pairs
     assert [i.rejected_ids for i in again.items] == [i.rejected_ids for i in tr.items]
     assert torch.isfinite(torch.tensor(tr.train_step()["loss"]))
+
+
+def test_step_pairs_keep_only_the_first_differing_step(tiny):
+    from posttrain.trainers.pairs import TokenizedPair, first_divergent_step
+
+    _, tok = tiny
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    prompt, eos = enc("<|user|>12+39<|assistant|>"), [tok.eos_token_id]
+    chosen = enc("2+9+0=1 c1\n1+3+1=5 c0\n#### 51") + eos
+    rejected = enc("2+9+0=1 c1\n1+3+1=4 c0\n#### 41") + eos
+    q = first_divergent_step(TokenizedPair(prompt, chosen, rejected, 0.5, "row 3"), tok)
+    assert q.prompt_ids == prompt + enc("2+9+0=1 c1\n")
+    assert q.chosen_ids == enc("1+3+1=5 c0\n") and q.rejected_ids == enc("1+3+1=4 c0\n")
+    assert (q.margin, q.where) == (0.5, "row 3")
+    # a difference in the last step keeps that step to the end (EOS included); one in the first keeps the prompt
+    last = first_divergent_step(TokenizedPair(prompt, chosen, enc("2+9+0=1 c1\n1+3+1=5 c0\n#### 52") + eos), tok)
+    assert last.chosen_ids == enc("#### 51") + eos and last.rejected_ids == enc("#### 52") + eos
+    first = first_divergent_step(TokenizedPair(prompt, chosen, enc("2+9+0=2 c1\n") + eos), tok)
+    assert first.prompt_ids == prompt and first.chosen_ids == enc("2+9+0=1 c1\n")
+
+
+def test_step_pairs_option_trains(tmp_path):
+    tr = make(tmp_path, "steps", path="task:addition:scratchpad=1")
+    cfg = dataclasses.replace(tr.cfg, pref=dataclasses.replace(tr.cfg.pref, step_pairs=True))
+    st = PreferenceTrainer(cfg)
+    assert all(s.prompt_ids[: len(p.prompt_ids)] == p.prompt_ids for s, p in zip(st.items, tr.items))
+    assert sum(len(s.chosen_ids) for s in st.items) < sum(len(p.chosen_ids) for p in tr.items) / 2
+    assert torch.isfinite(torch.tensor(st.train_step()["loss"]))

@@ -87,6 +87,30 @@ def tokenize_pairs(tokenizer, examples: list[Example], max_length: int, margin_c
     return out
 
 
+def _step_end(ids: list[int], start: int, is_sep: list[bool]) -> int:
+    """Index one past the first separator token at or after `start` (len(ids) when there is none)."""
+    return next((i + 1 for i in range(start, len(ids)) if is_sep[i]), len(ids))
+
+
+def first_divergent_step(pair: TokenizedPair, tokenizer, step_sep: str = "\n") -> TokenizedPair:
+    """Step-DPO pair (Lai et al. 2024, "Step-DPO: Step-wise Preference Optimization for Long-chain
+    Reasoning of LLMs"): the steps chosen and rejected share move into the prompt, and each side keeps
+    only its first differing step.
+
+    A step ends at a token whose text contains `step_sep`. Token ids are cut, never re-tokenized, so
+    the new prompt + step is a prefix of the original prompt + response. Departure: the paper collects
+    the chosen step by sampling continuations of the shared prefix; here it is the chosen response's
+    own step at the same place (for task pairs, the reference solution's step).
+    """
+    c, r = pair.chosen_ids, pair.rejected_ids
+    k = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
+    sep_c = [step_sep in tokenizer.decode([t]) for t in c]
+    sep_r = [step_sep in tokenizer.decode([t]) for t in r]
+    start = max((i + 1 for i in range(k) if sep_c[i]), default=0)
+    return TokenizedPair(pair.prompt_ids + c[:start], c[start:_step_end(c, k, sep_c)], r[start:_step_end(r, k, sep_r)],
+                         pair.margin, pair.where)
+
+
 def load_pairs(data_cfg, split: str, seed: int = 3) -> tuple[list[Example], object]:
     """Preference examples for 'train' or 'eval', and the task (None for files).
 

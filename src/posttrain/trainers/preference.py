@@ -47,7 +47,7 @@ from posttrain.trainers.common import (
     DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, apply_lora, build_optimizer,
     default_verifier, exact_match_eval, optimizer_step, seed_everything, training_loop,
 )
-from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, sequence_batch, sequence_logps, tokenize_pairs
+from posttrain.trainers.pairs import TokenizedPair, first_divergent_step, load_pairs, pair_batch, sequence_batch, sequence_logps, tokenize_pairs
 from posttrain.trainers.pref_data import FallingLogpsMonitor, parse_loss_spec, self_generated_rejections, unpair
 
 REFERENCE_FREE = {"simpo", "orpo", "sft"}
@@ -67,6 +67,9 @@ class PreferenceOptions:
     # one as the rejected side (self-generated pairs, Pang et al. 2024); 0 keeps the task's synthetic slips
     self_generated: int = 0
     self_generated_temperature: float = 1.0
+    # Step-DPO (Lai et al. 2024): keep only each pair's first differing step (shared steps join the prompt)
+    step_pairs: bool = False
+    step_sep: str = "\n"
 
 
 @dataclass(frozen=True)
@@ -128,17 +131,22 @@ class PreferenceTrainer:
                 raise DataError(f"{train[0].where}: loss '{c.loss}' needs paired rows (prompt, chosen, rejected); these are unpaired")
             self.items = unpair(self.tokenizer, train, c.data.max_length, c.train.seed)
         else:
-            pairs = tokenize_pairs(self.tokenizer, train, c.data.max_length)
+            pairs = self._step_pairs(tokenize_pairs(self.tokenizer, train, c.data.max_length))
             self.items = unpair(self.tokenizer, pairs, c.data.max_length, c.train.seed) if self.unpaired else pairs
         evals, _ = load_pairs(c.data, "eval")
         evals = [e for e in evals if e.kind == "preference"]
-        self.eval_pairs = tokenize_pairs(self.tokenizer, evals, c.data.max_length) if evals else []
+        self.eval_pairs = self._step_pairs(tokenize_pairs(self.tokenizer, evals, c.data.max_length)) if evals else []
         self.eval_examples = []
         if self.task is not None and c.data.eval_rows > 0:
             from posttrain.trainers.common import load_split
 
             self.eval_examples, _ = load_split(c.data, "eval")
         self.verify = default_verifier(self.task) if self.task is not None else None
+
+    def _step_pairs(self, pairs: list[TokenizedPair]) -> list[TokenizedPair]:
+        if not self.cfg.pref.step_pairs:
+            return pairs
+        return [first_divergent_step(p, self.tokenizer, self.cfg.pref.step_sep) for p in pairs]
 
     def _sequences(self, items) -> tuple[list, list]:
         if isinstance(items[0], TokenizedPair):
