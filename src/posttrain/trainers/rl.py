@@ -216,12 +216,10 @@ class RLTrainer:
         if c.engine == "hf":
             return HFEngine(self.model, self.tokenizer, sequences_per_batch=c.rollout_sequences_per_batch)
         if c.engine == "vllm":
-            from posttrain.rollout.vllm import VLLMEngine, import_vllm
+            from posttrain.rollout.vllm import VLLMEngine, import_vllm, save_for_vllm
 
             import_vllm()
-            folder = Path(self.cfg.train.out) / "vllm-init"
-            self.model.save_pretrained(folder)
-            self.tokenizer.save_pretrained(folder)
+            folder = save_for_vllm(self.model, self.tokenizer, Path(self.cfg.train.out) / "vllm-init")
             engine = VLLMEngine(str(folder), seed=self.cfg.train.seed)
             engine.update_weights(self.model)
             return engine
