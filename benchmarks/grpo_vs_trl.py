@@ -58,6 +58,20 @@ def _setup(args):
     return model, tok, task, rows
 
 
+def trl_grpo_config(args, sub: str, max_steps: int, logging_steps: int):
+    """TRL's GRPOConfig with the settings both modes share (see the module docstring)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=f"{args.out}/{sub}", per_device_train_batch_size=args.prompts_per_step * args.group,
+        gradient_accumulation_steps=1, num_generations=args.group, max_completion_length=args.max_new_tokens,
+        temperature=1.0, loss_type="grpo", beta=0.0, epsilon=0.2, scale_rewards="group", num_iterations=1,
+        learning_rate=args.lr, lr_scheduler_type="constant", max_grad_norm=1.0, max_steps=max_steps, use_cpu=True,
+        bf16=False, logging_steps=logging_steps, report_to="none", save_strategy="no", shuffle_dataset=False, seed=0,
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+
+
 def _setup_ttt(args):
     """The shared start for --time-to-target: the SFT checkpoint, held-out rows and the evaluator."""
     import torch
@@ -138,7 +152,7 @@ def ttt_trl(args, out):
     import trl
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     def verifier(prompts, completions, answer, **_):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
@@ -153,14 +167,7 @@ def ttt_trl(args, out):
         def on_step_end(self, a, state, control, **kw):
             control.should_training_stop = clock.after_step(time.perf_counter() - self.t)
 
-    n = args.prompts_per_step * args.group
-    cfg = GRPOConfig(
-        output_dir=f"{args.out}/trl-ttt", per_device_train_batch_size=n, gradient_accumulation_steps=1, num_generations=args.group,
-        max_completion_length=args.max_new_tokens, temperature=1.0, loss_type="grpo", beta=0.0, epsilon=0.2,
-        scale_rewards="group", num_iterations=1, learning_rate=args.lr, lr_scheduler_type="constant", max_grad_norm=1.0,
-        max_steps=args.max_ttt_steps, use_cpu=True, bf16=False, logging_steps=10, report_to="none", save_strategy="no",
-        shuffle_dataset=False, seed=0, dataloader_num_workers=0, disable_tqdm=True,
-    )
+    cfg = trl_grpo_config(args, "trl-ttt", args.max_ttt_steps, logging_steps=10)
     data = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
     GRPOTrainer(model=model, reward_funcs=verifier, args=cfg, train_dataset=data, processing_class=tok, callbacks=[Stop()]).train()
     out.put(clock.result(f"TRL {trl.__version__}"))
@@ -243,7 +250,7 @@ def run_trl(args, out):
     import trl
     from datasets import Dataset
     from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     def verifier(prompts, completions, answer, **_):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
@@ -262,14 +269,7 @@ def run_trl(args, out):
             if logs and "reward" in logs:
                 rewards.append(logs["reward"])
 
-    n = args.prompts_per_step * args.group
-    cfg = GRPOConfig(
-        output_dir=f"{args.out}/trl", per_device_train_batch_size=n, gradient_accumulation_steps=1, num_generations=args.group,
-        max_completion_length=args.max_new_tokens, temperature=1.0, loss_type="grpo", beta=0.0, epsilon=0.2,
-        scale_rewards="group", num_iterations=1, learning_rate=args.lr, lr_scheduler_type="constant", max_grad_norm=1.0,
-        max_steps=args.steps, use_cpu=True, bf16=False, logging_steps=1, report_to="none", save_strategy="no",
-        shuffle_dataset=False, seed=0, dataloader_num_workers=0, disable_tqdm=True,
-    )
+    cfg = trl_grpo_config(args, "trl", args.steps, logging_steps=1)
     data = Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
     trainer = GRPOTrainer(model=model, reward_funcs=verifier, args=cfg, train_dataset=data, processing_class=tok, callbacks=[Timer()])
     rss0 = _rss_mb()

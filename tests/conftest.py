@@ -20,3 +20,14 @@ def tiny():
     from posttrain.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer("tiny-llama:d=32,l=2,h=2", seed=0)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny-model tests run on one torch thread: their matmuls are too small for a second thread to
+    pay for its synchronisation (and CI shares its cores). Files opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

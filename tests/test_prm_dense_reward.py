@@ -114,12 +114,7 @@ POLICY = "tiny-llama:d=32,l=2,h=2"
 DATA = "task:addition:digits=1,scratchpad=1"  # one step per line
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from posttrain.trainers.preference import PreferenceConfig, PreferenceOptions, P
 TINY = "tiny-llama:d=32,l=2,h=2"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(tmp_path, name="run", loss="dpo", reference="cached", lora=0, steps=4, lr=1e-3, per_step=8, per_mb=8, **kw):

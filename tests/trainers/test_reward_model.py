@@ -19,12 +19,7 @@ from posttrain.trainers.reward import RewardConfig, RewardOptions, RewardTrainer
 TINY = "tiny-llama:d=32,l=2,h=2"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(tmp_path, name="rm", steps=3, lr=3e-3, model=TINY, path="task:addition", rows=64, eval_rows=16, lora=0, **rm):

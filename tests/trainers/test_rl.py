@@ -14,12 +14,7 @@ from posttrain.trainers.rl_presets import PRESETS
 MODEL = "tiny-llama:d=32,l=2,h=2"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only add synchronisation cost
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digit_share(prompts, completions, **_):

@@ -13,12 +13,7 @@ from posttrain.trainers.rl_presets import PRESETS, Algorithm, resolve_algorithm
 from posttrain.trainers.rl_update import dpo_pairs, health_warnings, kl_shaped_rewards, update_policy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_preset_resolves_and_overrides_apply():
