@@ -1,70 +1,79 @@
-"""Test-time scaling on the built-in addition task (scratchpad: one column step per line).
+"""Test-time scaling on the demo's task and policy, with a PRM trained on automatic labels.
 
-1. SFT a tiny Llama (from config, ~1M parameters) on `addition:scratchpad=1`, checking greedy
-   accuracy on held-out problems every few steps and stopping once it is mediocre (>= --target-acc),
-   so that there is room for test-time compute to help.
-2. `posttrain prm`: a PRM initialised from that policy, trained on steps labelled automatically
-   (Math-Shepherd: rollouts from each step prefix by the same policy, label = share correct).
-3. `posttrain.eval.scaling.scaling_table`: greedy vs maj@k vs PRM best-of-k vs PRM-weighted vote vs
-   PRM beam search on held-out problems, accuracy and generated tokens, plus a PNG.
+1. SFT: the demo's run (`posttrain.demo`: tiny Llama d=128,l=4 from scratch on
+   `addition:scratchpad=2`, same config and seed), stopped at the same 95% target. Held-out greedy
+   accuracy is checked every 50 steps as in the demo, and every --fine-every steps once it passes
+   10%; each checked model is saved (`sft/step-N`).
+2. Weak policy: the saved step whose greedy accuracy is closest to --weak-acc (the policy to scale);
+   strong model: the end of the run.
+3. `posttrain prm`: a PRM initialised from the strong model, trained on Math-Shepherd automatic
+   labels (Wang et al. 2024): the weak policy samples the solutions (`--prm.solution_policy`), and
+   the strong model, as the completer (`--prm.policy`), rolls out from each step prefix. The head
+   reads the separator's hidden state and the step's and prefix's log-likelihoods under the
+   backbone (`--prm.likelihood_features`); the backbone is frozen (`--prm.freeze_backbone`).
+   `--prm-plain` trains the plain head instead (hidden state only, backbone fine-tuned).
+4. `posttrain.eval.scaling.scaling_table` with the weak policy: greedy vs maj@k vs PRM best-of-k vs
+   PRM-weighted vote vs PRM beam search, accuracy and generated tokens, on --problems held-out
+   problems drawn with --problem-seed (not the 200 used to pick the weak step), plus a PNG.
 
     python benchmarks/scaling_task.py --out runs/bench_scaling
 
-Stages are cached in --out (delete a stage's folder to redo it).
+Stages are cached in --out (delete a stage's folder or file to redo it).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from posttrain.checkpoint import latest_checkpoint
 from posttrain.cli import main as cli_main
-from posttrain.eval.scaling import scaling_markdown, scaling_table
+from posttrain.demo import DemoConfig, _sft_config
+from posttrain.eval.scaling import paired_comparison, scaling_markdown, scaling_table
 from posttrain.models import load_model_and_tokenizer
 from posttrain.models.prm import PRMScorer, load_prm
-from posttrain.trainers.common import DataConfig, ModelConfig, OptimConfig, TrainConfig, exact_match_eval
-from posttrain.trainers.sft import SFTConfig, SFTOptions, SFTTrainer
-
-TASK = "addition:scratchpad=1"
+from posttrain.trainers.sft import SFTTrainer
 
 
-def sft_policy(out: Path, args) -> Path:
-    done = latest_checkpoint(out / "sft")
-    if done is not None:
-        return done
-    cfg = SFTConfig(
-        model=ModelConfig(name=args.policy_model),
-        data=DataConfig(path=f"task:{TASK}", train_rows=4000, eval_rows=60),
-        optim=OptimConfig(lr=3e-3, warmup_steps=10, schedule="constant"),
-        train=TrainConfig(out=str(out / "sft"), max_steps=args.max_sft_steps, progress=False),
-        sft=SFTOptions(sequences_per_step=32, sequences_per_microbatch=32, eval_max_new_tokens=64),
-    )
+def sft_run(out: Path, args, demo: DemoConfig) -> dict:
+    """The demo's SFT run, saving every checked step; returns {step: greedy accuracy} (also in sft/evals.json)."""
+    done = out / "sft" / "evals.json"
+    if done.exists():
+        return {int(k): v for k, v in json.loads(done.read_text()).items()}
+    cfg = _sft_config(demo, out)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_every=0, progress=False))
     tr = SFTTrainer(cfg)
-    acc = 0.0
-    while tr.step < args.max_sft_steps:
+    evals: dict[int, float] = {}
+    t0 = time.perf_counter()
+    while tr.step < cfg.train.max_steps:
         m = tr.train_step()
-        if tr.step % args.eval_every == 0:
-            acc = exact_match_eval(tr.model, tr.tokenizer, tr.eval_examples, tr.verify, 48)["accuracy"]
-            print(f"sft step {tr.step}: loss {m['loss']:.3f} greedy acc {acc:.2f}", flush=True)
-            if acc >= args.target_acc:
+        every = args.fine_every if evals and max(evals.values()) >= 0.1 else demo.sft_eval_every
+        if tr.step % every == 0:
+            acc = tr.evaluate()["eval/accuracy"]
+            evals[tr.step] = acc
+            tr.model.save_pretrained(out / "sft" / f"step-{tr.step}")
+            tr.tokenizer.save_pretrained(out / "sft" / f"step-{tr.step}")
+            print(f"sft step {tr.step}: loss {m['loss']:.3f} held-out greedy {acc:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            if acc >= demo.sft_target_accuracy:
                 break
-    path = tr.save()
-    (out / "sft" / "summary.json").write_text(json.dumps({"steps": tr.step, "greedy_acc_100": acc}))
-    return path
+    done.write_text(json.dumps(evals))
+    return evals
 
 
-def train_prm(out: Path, policy: Path, args) -> Path:
-    if latest_checkpoint(out / "prm") is None:
+def train_prm(out: Path, weak: Path, strong: Path, args, task: str) -> Path:
+    if not (out / "prm" / "checkpoints" / "latest").exists():
         rc = cli_main([
-            "prm", "--model", str(policy), "--prm.policy", str(policy), "--data", f"task:{TASK}",
-            "--out", str(out / "prm"), "--max-steps", str(args.prm_steps), "--lr", str(args.prm_lr),
-            "--optim.warmup_steps", "20", "--prm.label_problems", str(args.label_problems),
-            "--prm.solutions_per_problem", str(args.solutions), "--prm.rollouts_per_step", str(args.rollouts), "--prm.labels", args.labels, "--prm.label_max_new_tokens", "48",
-            "--prm.sequences_per_step", "32", "--prm.sequences_per_microbatch", "32", "--train.progress", "false",
+            "prm", "--model", str(strong), "--prm.policy", str(strong), "--prm.solution_policy", str(weak),
+            "--data", f"task:{task}", "--out", str(out / "prm"), "--max-steps", str(args.prm_steps),
+            "--lr", str(args.prm_lr), "--optim.warmup_steps", "20", "--prm.label_problems", str(args.label_problems),
+            "--prm.solutions_per_problem", str(args.solutions), "--prm.rollouts_per_step", str(args.rollouts),
+            "--prm.labels", args.labels, "--prm.label_temperature", str(args.label_temperature),
+            "--prm.label_max_new_tokens", "64", "--prm.sequences_per_step", "32", "--prm.sequences_per_microbatch", "32",
+            "--train.progress", "false", "--train.eval_every", "100",
+            "--prm.likelihood_features", str(not args.prm_plain), "--prm.freeze_backbone", str(not args.prm_plain),
         ])
         if rc:
             raise SystemExit(f"posttrain prm failed ({rc})")
@@ -74,33 +83,61 @@ def train_prm(out: Path, policy: Path, args) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/bench_scaling")
-    ap.add_argument("--policy-model", default="tiny-llama:d=64,l=2,h=4")
-    ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-sft-steps", type=int, default=400)
-    ap.add_argument("--target-acc", type=float, default=0.3)
-    ap.add_argument("--prm-steps", type=int, default=600)
-    ap.add_argument("--prm-lr", type=float, default=1e-3)
-    ap.add_argument("--rollouts", type=int, default=4)
-    ap.add_argument("--solutions", type=int, default=4)
+    ap.add_argument("--fine-every", type=int, default=10)
+    ap.add_argument("--weak-acc", type=float, default=0.3)
+    ap.add_argument("--label-problems", type=int, default=1500)
+    ap.add_argument("--solutions", type=int, default=2)
+    ap.add_argument("--rollouts", type=int, default=2)
     ap.add_argument("--labels", default="soft")
-    ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--label-problems", type=int, default=300)
-    ap.add_argument("--problems", type=int, default=150)
+    ap.add_argument("--label-temperature", type=float, default=0.5)
+    ap.add_argument("--prm-plain", action="store_true", help="no likelihood features; fine-tune the backbone")
+    ap.add_argument("--prm-steps", type=int, default=300)
+    ap.add_argument("--prm-lr", type=float, default=1e-2)
+    ap.add_argument("--temperature", type=float, default=0.5)
+    ap.add_argument("--problems", type=int, default=300)
+    ap.add_argument("--problem-seed", type=int, default=7)
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--beams", nargs="*", default=["2x2", "4x4"], help="NUM_BEAMSxEXPANSIONS")
+    ap.add_argument("--stop-after", choices=["sft", "prm", "scaling"], default="scaling")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    demo = DemoConfig()
     t0 = time.perf_counter()
-    policy_path = sft_policy(out, args)
-    print(f"policy: {policy_path} ({time.perf_counter() - t0:.0f}s)", flush=True)
-    prm_dir = train_prm(out, policy_path, args)
+    evals = sft_run(out, args, demo)
+    strong_step = max(evals)
+    weak_step = min((s for s in evals if s != strong_step), key=lambda s: (abs(evals[s] - args.weak_acc), s))
+    weak, strong = out / "sft" / f"step-{weak_step}", out / "sft" / f"step-{strong_step}"
+    print(f"weak policy: step {weak_step} (greedy {evals[weak_step]:.3f}); strong: step {strong_step} "
+          f"(greedy {evals[strong_step]:.3f}) ({time.perf_counter() - t0:.0f}s)", flush=True)
+    if args.stop_after == "sft":
+        return
+    prm_dir = train_prm(out, weak, strong, args, demo.task)
     print(f"prm: {prm_dir} ({time.perf_counter() - t0:.0f}s)", flush=True)
-    model, tok = load_model_and_tokenizer(str(policy_path))
+    if args.stop_after == "prm":
+        return
+    model, tok = load_model_and_tokenizer(str(weak))
     prm, prm_tok = load_prm(prm_dir)
-    rows, png = scaling_table(model, tok, PRMScorer(prm, prm_tok, batch_size=64), TASK, args.problems,
-                              out_dir=out / "scaling", ks=tuple(args.k), beams=((2, 2), (4, 4)), max_new_tokens=48, temperature=args.temperature, seed=0)
+    beams = tuple(tuple(int(x) for x in b.split("x")) for b in args.beams)
+    rows, png = scaling_table(model, tok, PRMScorer(prm, prm_tok, batch_size=64), demo.task, args.problems,
+                              out_dir=out / "scaling", ks=tuple(args.k), beams=beams, max_new_tokens=64,
+                              temperature=args.temperature, seed=0, problem_seed=args.problem_seed)
+    (out / "scaling" / "setup.json").write_text(json.dumps({
+        "weak_step": weak_step, "weak_greedy_200": evals[weak_step], "strong_step": strong_step,
+        "strong_greedy_200": evals[strong_step], "args": vars(args)}, indent=1))
     print(scaling_markdown(rows))
+    by = {(r["method"], r["budget"]): r for r in rows}
+    K = max(args.k)
+    pairs = [(("maj@k", K), ("greedy", 1)), (("prm_best_of_k", K), ("maj@k", K))]
+    pairs += [(("prm_beam_search", nb * ex), ("maj@k", K)) for nb, ex in beams if nb * ex == K]
+    stats = {}
+    for a, b in pairs:
+        c = paired_comparison(by[a], by[b])
+        stats[f"{a[0]}@{a[1]} - {b[0]}@{b[1]}"] = c
+        print(f"{a[0]}@{a[1]} - {b[0]}@{b[1]}: {c['difference']:+.3f} (95% CI {c['ci95'][0]:+.3f}..{c['ci95'][1]:+.3f}; "
+              f"solved only by the first {c['only_a']}, only by the second {c['only_b']})")
+    (out / "scaling" / "paired.json").write_text(json.dumps(stats, indent=1))
     print(f"plot: {png}; total {time.perf_counter() - t0:.0f}s")
 
 

@@ -77,3 +77,17 @@ def test_scaling_rows_tiny_model(tmp_path, tiny):
     assert by[("maj@k", 2)]["tokens_per_problem"] == by[("prm_best_of_k", 2)]["tokens_per_problem"]
     assert by[("maj@k", 1)]["accuracy"] == by[("prm_best_of_k", 1)]["accuracy"]  # k=1: the same sample
     assert png.exists() and png.stat().st_size > 1000 and (tmp_path / "scaling.md").exists()
+    assert all(len(r["correct"]) == 3 and r["accuracy"] == sum(r["correct"]) / 3 for r in rows)
+
+
+def test_paired_comparison():
+    from posttrain.eval.scaling import paired_comparison
+
+    a = {"problems": 4, "correct": [1, 1, 0, 1]}
+    b = {"problems": 4, "correct": [0, 1, 0, 0]}
+    c = paired_comparison(a, b)
+    assert (c["difference"], c["only_a"], c["only_b"]) == (0.5, 2, 0)
+    se = ((2 * 0.5**2 + 2 * 0.5**2) / 3 / 4) ** 0.5
+    assert c["ci95"] == pytest.approx((0.5 - 1.96 * se, 0.5 + 1.96 * se))
+    with pytest.raises(ValueError):
+        paired_comparison(a, {"problems": 3, "correct": [1, 1, 1]})

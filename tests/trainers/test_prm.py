@@ -65,6 +65,52 @@ def test_step_logits_batched_equal_one_by_one(tiny):
             torch.testing.assert_close(both[i, : len(e.step_positions)], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_likelihood_features_are_step_and_prefix_log_likelihoods(tiny):
+    model, tok = tiny
+    prm = ProcessRewardModel(model, likelihood_features=True).eval()
+    encs = [encode_steps(tok, "12+3", ["ab", "c"]), encode_steps(tok, "1+1", ["xyz", "q", "rr"])]
+    b = collate_steps(encs, tok.pad_token_id)
+    with torch.no_grad():
+        hidden = prm.backbone()(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+        feats = prm.step_likelihood(hidden, b["input_ids"], b["step_positions"], b["prompt_lengths"])
+        for i, e in enumerate(encs):
+            ids = torch.tensor([e.input_ids])
+            lp = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]  # lp[j]: ids[j + 1]
+            first = e.prompt_length
+            for k, pos in enumerate(e.step_positions):
+                start = first if k == 0 else e.step_positions[k - 1] + 1
+                want = torch.stack([lp[start - 1 : pos].sum(), lp[first - 1 : pos].sum(), lp[first - 1 : pos].min()])
+                torch.testing.assert_close(feats[i, k], want, atol=1e-4, rtol=1e-4)
+        both = prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"], prompt_lengths=b["prompt_lengths"])
+        for i, e in enumerate(encs):
+            one = collate_steps([e], tok.pad_token_id)
+            alone = prm.step_logits(one["input_ids"], one["attention_mask"], one["step_positions"], prompt_lengths=one["prompt_lengths"])
+            torch.testing.assert_close(both[i, : len(e.step_positions)], alone[0], atol=1e-5, rtol=1e-5)
+    assert encs[0].prompt_length == len(encode_steps(tok, "12+3", []).input_ids)
+    with pytest.raises(ValueError, match="prompt_lengths"):
+        prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"])
+
+
+def test_frozen_backbone_likelihood_prm_trains_head_only_and_reloads(tmp_path):
+    from posttrain.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer("tiny-llama:d=32,l=1,h=2", seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = PRMConfig(data=DataConfig(path="<rows>", max_length=64), optim=OptimConfig(lr=1e-2, warmup_steps=1),
+                    train=TrainConfig(out=str(tmp_path), max_steps=3, progress=False),
+                    prm=PRMOptions(sequences_per_step=8, sequences_per_microbatch=4, likelihood_features=True, freeze_backbone=True))
+    tr = PRMTrainer(cfg, model, tok, rows=_rows(20))
+    head = tr.prm.head.weight.detach().clone()
+    tr.train()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert tr.prm.head.weight.shape[1] == 32 + 3 and not torch.equal(tr.prm.head.weight, head)
+    prm, tok2 = load_prm(tmp_path)
+    assert prm.likelihood_features
+    s1 = PRMScorer(tr.prm, tok).score_steps("check", [["12 ok", "34 no"], ["5 ok"]])
+    s2 = PRMScorer(prm, tok2).score_steps("check", [["12 ok", "34 no"], ["5 ok"]])
+    assert s1 == [pytest.approx(x, abs=1e-5) for x in s2]
+
+
 class ShepherdEngine:
     """Solutions: 'a\\nb\\n#### 5' (right) and 'a\\nz\\n#### 7' (wrong). From a prefix ending 'a\\n',
     even rollouts finish right, odd ones wrong; after 'b\\n' all right; after 'z\\n' all wrong."""

@@ -6,7 +6,9 @@ Methods and papers: maj@k, Wang et al. 2022; best-of-N with a PRM (min over step
 
 Comparable budgets: maj@k, best-of-k and weighted vote at one k read the *same* first k samples of
 each problem (so their token counts are identical); beam search reports the tokens it generated.
-Tokens are generated tokens per problem (prompt tokens and PRM compute not counted).
+Tokens are generated tokens per problem (prompt tokens and PRM compute not counted). Each row also
+keeps the per-problem outcomes (`correct`), so two methods can be compared on the same problems
+(`paired_comparison`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from posttrain.eval.metrics import vote
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.search import Policy, aggregate_steps, prm_beam_search, split_steps
 
-__all__ = ["scaling_table", "scaling_rows", "plot_scaling", "scaling_markdown"]
+__all__ = ["scaling_table", "scaling_rows", "plot_scaling", "scaling_markdown", "paired_comparison"]
 
 
 def _user_text(prompt) -> str:
@@ -29,14 +31,15 @@ def scaling_rows(
     policy_model, tokenizer, prm_scorer, task: str, n_problems: int = 100, *, ks: Sequence[int] = (1, 4, 16),
     beams: Sequence[tuple[int, int]] = ((2, 2), (4, 4)), temperature: float = 1.0, max_new_tokens: int = 64,
     step_sep: str = "\n", step_agg: str = "min", seed: int = 0, sequences_per_batch: int = 256,
-    beam_max_steps: int = 16,
+    beam_max_steps: int = 16, problem_seed: int = 2,
 ) -> list[dict]:
-    """Rows {method, budget, accuracy, tokens_per_problem, problems} (see the module docstring).
+    """Rows {method, budget, accuracy, tokens_per_problem, problems, correct} (see the module docstring).
 
-    `task` is a task spec ('addition:scratchpad=1'); `beams` lists (num_beams, expansions_per_beam).
+    `task` is a task spec ('addition:scratchpad=1'); `beams` lists (num_beams, expansions_per_beam);
+    the problems are the task's held-out `eval_rows(n_problems, seed=problem_seed)` (2: the task's default).
     """
     bench = task_benchmark(task)
-    problems = bench.task.eval_rows(n_problems)
+    problems = bench.task.eval_rows(n_problems, seed=problem_seed)
     prompts = [_user_text(r["prompt"]) for r in problems]
     golds = [str(r["answer"]) for r in problems]
     engine = HFEngine(policy_model, tokenizer, sequences_per_batch=sequences_per_batch)
@@ -78,7 +81,19 @@ def scaling_rows(
 def _row(method: str, budget: int, correct: list[bool], tokens: list[int]) -> dict:
     n = len(correct)
     return {"method": method, "budget": budget, "accuracy": sum(map(bool, correct)) / n,
-            "tokens_per_problem": sum(tokens) / n, "problems": n}
+            "tokens_per_problem": sum(tokens) / n, "problems": n, "correct": [int(bool(c)) for c in correct]}
+
+
+def paired_comparison(a: dict, b: dict) -> dict:
+    """Row `a` against row `b` on the same problems: the accuracy difference, the problems only one
+    of them solves, and a 95% interval for the difference (normal approximation, paired)."""
+    if a["problems"] != b["problems"]:
+        raise ValueError("rows are over different problem counts")
+    d = [x - y for x, y in zip(a["correct"], b["correct"])]
+    n = len(d)
+    mean = sum(d) / n
+    se = (sum((x - mean) ** 2 for x in d) / max(n - 1, 1) / n) ** 0.5
+    return {"difference": mean, "only_a": d.count(1), "only_b": d.count(-1), "ci95": (mean - 1.96 * se, mean + 1.96 * se)}
 
 
 def plot_scaling(rows: list[dict], path: str | Path, title: str = "") -> Path:

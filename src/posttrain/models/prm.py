@@ -11,7 +11,14 @@ are identical everywhere.
 Departures: a scalar linear head on the hidden state (not two vocabulary logits "+"/"-" as in
 Math-Shepherd); the backbone's LM head is not used (hidden states come from the base model, which
 saves the vocabulary projection). Saved folders hold the backbone in Hugging Face format (loadable on
-its own), the head (`prm_head.pt`) and `prm_config.json` (the separator).
+its own), the head (`prm_head.pt`) and `prm_config.json` (the separator, the options).
+
+Option ``likelihood_features`` (off by default; not in the papers): the head also reads three
+log-likelihoods under the backbone's own LM head, of the step's ids, of the whole solution prefix up
+to the step, and of the prefix's least likely id (`ProcessRewardModel.step_likelihood`). A
+backbone that can solve the task (e.g. a stronger checkpoint than the policy, as in
+`benchmarks/scaling_task.py`) then marks a step it would not have written, even when, as with a
+shallow model, its hidden state at the step's separator cannot recompute the step to check it.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ __all__ = [
 class EncodedSteps:
     input_ids: list[int]
     step_positions: list[int]  # index in input_ids of each step's score token (last separator id)
+    prompt_length: int = 0  # ids before the first step (the first step spans prompt_length..step_positions[0])
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -56,6 +64,7 @@ def encode_steps(tokenizer, prompt, steps: Sequence[str], sep: str = "\n", chat:
     if not sep_ids:
         raise ValueError(f"step separator {sep!r} encodes to no tokens")
     ids = prompt_ids(tokenizer, prompt, chat)
+    n_prompt = len(ids)
     positions = []
     for step in steps:
         part = _ids(tokenizer, step[: -len(sep)] if step.endswith(sep) else step) + sep_ids
@@ -63,7 +72,7 @@ def encode_steps(tokenizer, prompt, steps: Sequence[str], sep: str = "\n", chat:
             break
         ids += part
         positions.append(len(ids) - 1)
-    return EncodedSteps(ids, positions)
+    return EncodedSteps(ids, positions, n_prompt)
 
 
 def split_token_steps(tokenizer, ids: list[int], sep: str) -> tuple[list[str], list[int]]:
@@ -85,7 +94,8 @@ def split_token_steps(tokenizer, ids: list[int], sep: str) -> tuple[list[str], l
 
 
 def collate_steps(encoded: list[EncodedSteps], pad_id: int, labels: list[list[float]] | None = None) -> dict:
-    """Right-padded batch: input_ids, attention_mask (B, T); step_positions, step_mask[, step_labels] (B, S)."""
+    """Right-padded batch: input_ids, attention_mask (B, T); step_positions, step_mask[, step_labels] (B, S);
+    prompt_lengths (B,)."""
     B = len(encoded)
     T = max(len(e.input_ids) for e in encoded)
     S = max(max(len(e.step_positions) for e in encoded), 1)
@@ -102,37 +112,68 @@ def collate_steps(encoded: list[EncodedSteps], pad_id: int, labels: list[list[fl
         smask[b, :n] = True
         if labels is not None:
             lab[b, :n] = torch.tensor(labels[b][:n], dtype=torch.float32)
-    out = {"input_ids": ids, "attention_mask": att, "step_positions": pos, "step_mask": smask}
+    out = {"input_ids": ids, "attention_mask": att, "step_positions": pos, "step_mask": smask,
+           "prompt_lengths": torch.tensor([e.prompt_length for e in encoded], dtype=torch.long)}
     if labels is not None:
         out["step_labels"] = lab
     return out
 
 
 class ProcessRewardModel(nn.Module):
-    def __init__(self, lm, step_sep: str = "\n", chat: bool = True):
+    def __init__(self, lm, step_sep: str = "\n", chat: bool = True, likelihood_features: bool = False):
         super().__init__()
         self.lm = lm
         self.step_sep = step_sep
         self.chat = chat
+        self.likelihood_features = likelihood_features
         hidden = lm.config.hidden_size
-        self.head = nn.Linear(hidden, 1)
+        extra = 3 if likelihood_features else 0
+        self.head = nn.Linear(hidden + extra, 1)
         nn.init.normal_(self.head.weight, std=1.0 / hidden**0.5)
+        if extra:
+            nn.init.zeros_(self.head.weight[:, hidden:])
         nn.init.zeros_(self.head.bias)
 
     def backbone(self):
         return getattr(self.lm, self.lm.base_model_prefix, self.lm)
 
-    def step_logits(self, input_ids, attention_mask, step_positions, step_mask=None) -> torch.Tensor:
-        """(B, S) logits at `step_positions`; masked-out entries are whatever sits at index 0."""
+    def step_logits(self, input_ids, attention_mask, step_positions, step_mask=None, prompt_lengths=None) -> torch.Tensor:
+        """(B, S) logits at `step_positions`; masked-out entries are whatever sits at index 0.
+
+        With `likelihood_features` the head also reads `step_likelihood` (needs `prompt_lengths`,
+        which `collate_steps` gives)."""
         hidden = self.backbone()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         idx = step_positions.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
-        return self.head(hidden.gather(1, idx).to(self.head.weight.dtype)).squeeze(-1)
+        feats = hidden.gather(1, idx)
+        if self.likelihood_features:
+            if prompt_lengths is None:
+                raise ValueError("a PRM with likelihood_features needs prompt_lengths (collate_steps gives them)")
+            feats = torch.cat([feats.float(), self.step_likelihood(hidden, input_ids, step_positions, prompt_lengths)], -1)
+        return self.head(feats.to(self.head.weight.dtype)).squeeze(-1)
+
+    def step_likelihood(self, hidden, input_ids, step_positions, prompt_lengths) -> torch.Tensor:
+        """(B, S, 3) log-likelihoods under the backbone's own LM head: of each step's ids, of the whole
+        solution prefix up to and including the step (the prefix is what a Math-Shepherd label
+        scores), and of the prefix's least likely id. Step k spans the ids after step k-1's score
+        token (after the prompt for k = 0) up to its own."""
+        logits = self.lm.get_output_embeddings()(hidden[:, :-1]).float()
+        lp = logits.log_softmax(-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        lp = torch.nn.functional.pad(lp, (1, 0))  # lp[:, t] = log p(ids[t] | ids[:t]); 0 at t = 0
+        first = prompt_lengths[:, None].to(step_positions)
+        starts = torch.cat([first, step_positions[:, :-1] + 1], 1)
+        t = torch.arange(lp.size(1), device=lp.device)
+        end = t <= step_positions[..., None]  # (B, S, T)
+        step, prefix = end & (t >= starts[..., None]), end & (t >= first[..., None])
+        per = lp[:, None, :].expand_as(end)
+        least = per.masked_fill(~prefix, 0.0).amin(-1)  # log-likelihoods are <= 0; an empty span gives 0
+        return torch.stack([(per * step).sum(-1), (per * prefix).sum(-1), least], -1)
 
     def save_pretrained(self, path) -> None:
         path = Path(path)
         self.lm.save_pretrained(path)
         torch.save(self.head.state_dict(), path / "prm_head.pt")
-        (path / "prm_config.json").write_text(json.dumps({"step_sep": self.step_sep, "chat": self.chat}))
+        (path / "prm_config.json").write_text(json.dumps({"step_sep": self.step_sep, "chat": self.chat,
+                                                          "likelihood_features": self.likelihood_features}))
 
 
 def load_prm(path: str | Path):
@@ -146,7 +187,7 @@ def load_prm(path: str | Path):
         raise ModelLoadError(f"{path}: not a PRM folder (no prm_head.pt); train one with `posttrain prm`")
     lm, tok = load_model_and_tokenizer(str(path))
     conf = json.loads((path / "prm_config.json").read_text())
-    prm = ProcessRewardModel(lm, conf["step_sep"], conf.get("chat", True))
+    prm = ProcessRewardModel(lm, conf["step_sep"], conf.get("chat", True), conf.get("likelihood_features", False))
     prm.head.load_state_dict(torch.load(path / "prm_head.pt", weights_only=True))
     return prm.eval(), tok
 
@@ -175,7 +216,8 @@ class PRMScorer:
             for i in range(0, len(enc), self.batch_size):
                 chunk = enc[i : i + self.batch_size]
                 b = collate_steps(chunk, pad)
-                probs = torch.sigmoid(self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"]).float())
+                probs = torch.sigmoid(self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"],
+                                                           prompt_lengths=b["prompt_lengths"]).float())
                 for j, e in enumerate(chunk):
                     got = probs[j, : len(e.step_positions)].tolist() or [0.5]
                     out.append(got + [got[-1]] * (n_steps[i + j] - len(got)))

@@ -21,6 +21,10 @@ Model: `posttrain.models.prm.ProcessRewardModel` (a backbone from ``--model`` pl
 each step's separator). Loss: `losses.reward.prm_step_loss`, summed over steps and divided by the
 step's total step count, so micro-batch splits give the same update.
 
+Options beyond the papers: ``--prm.likelihood_features`` (the head also reads each step's and
+prefix's log-likelihood under the backbone, see `posttrain.models.prm`) and
+``--prm.freeze_backbone`` (train the head only: a probe of a backbone that can already solve the task).
+
 Departures: PRM800K rows carry only the rating of their last step; the earlier steps (those the
 rater continued from) are labelled 1, and neutral ratings (0) map to ``--prm.neutral_label``
 (default 1: "not an error", the convention first-error benchmarks such as ProcessBench use).
@@ -43,7 +47,7 @@ from posttrain.models.prm import PRMScorer, ProcessRewardModel, collate_steps, e
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, seed_everything
 
-__all__ = ["PRMOptions", "PRMConfig", "PRMTrainer", "prm800k_rows", "auto_label", "split_token_steps", "run"]
+__all__ = ["PRMOptions", "PRMConfig", "PRMTrainer", "prm800k_rows", "auto_label", "task_prm_rows", "split_token_steps", "run"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class PRMOptions:
     processbench: str = ""
     processbench_limit: int = 0
     threshold: float = 0.5
+    # the head also reads each step's log-likelihood under the backbone (`ProcessRewardModel.step_likelihood`)
+    likelihood_features: bool = False
+    freeze_backbone: bool = False  # train the head only (a probe of the backbone's features)
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,25 @@ def _is_prm800k(path: str) -> bool:
     return _RATING_COLUMNS <= set(pq.read_schema(path).names)
 
 
+def task_prm_rows(task, completer, tokenizer, opts: PRMOptions, seed: int = 0, generator=None,
+                  out_dir: str | Path | None = None) -> list[dict]:
+    """Math-Shepherd stepwise rows {prompt, completions, labels} for `opts.label_problems` of a
+    built-in task's training problems: `generator` (a model; default: `completer`) samples the
+    solutions, `completer` rolls out from their step prefixes (see the module docstring). The raw
+    labels are also written to `out_dir/labels.jsonl` (reusable as a stepwise file) when given."""
+    rows = task.rl_rows(opts.label_problems, seed=seed + 11)
+    engine = HFEngine(completer, tokenizer, sequences_per_batch=256)
+    solution_engine = HFEngine(generator, tokenizer, sequences_per_batch=256) if generator is not None else None
+    raw = auto_label(engine, tokenizer, rows, task.verify, opts, seed, solution_engine=solution_engine)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "labels.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in raw)
+    examples, _ = load_examples(raw, kind="stepwise")
+    return [{"prompt": e.prompt, "completions": e.steps, "labels": e.step_labels} for e in examples]
+
+
 def load_prm_rows(cfg: PRMConfig, seed: int = 0) -> list[dict]:
     """Stepwise rows for `cfg.data.path` (see the module docstring), validated by `load_examples`."""
     path, opts = cfg.data.path, cfg.prm
@@ -156,34 +182,26 @@ def load_prm_rows(cfg: PRMConfig, seed: int = 0) -> list[dict]:
 
         task = load_task_spec(path[len("task:"):])
         completer_name = opts.policy or cfg.model.name
-        policy, ptok = load_model_and_tokenizer(completer_name, seed=seed)
-        solution_engine = None
+        completer, ptok = load_model_and_tokenizer(completer_name, seed=seed)
+        generator = None
         if opts.solution_policy and opts.solution_policy != completer_name:
-            gen, gtok = load_model_and_tokenizer(opts.solution_policy, seed=seed)
+            generator, gtok = load_model_and_tokenizer(opts.solution_policy, seed=seed)
             if gtok.get_vocab() != ptok.get_vocab():
                 raise ValueError(f"prm.solution_policy {opts.solution_policy} and the completer {completer_name} "
                                  "must share a tokenizer (step prefixes are passed as token ids)")
-            solution_engine = HFEngine(gen, ptok, sequences_per_batch=256)
-        rows = task.rl_rows(opts.label_problems, seed=seed + 11)
-        console.print(f"prm: labelling {len(rows)} problems x {opts.solutions_per_problem} solutions from "
+        console.print(f"prm: labelling {opts.label_problems} problems x {opts.solutions_per_problem} solutions from "
                       f"{opts.solution_policy or completer_name}, {opts.rollouts_per_step} rollouts per step with "
                       f"{completer_name} (Math-Shepherd)")
-        raw = auto_label(HFEngine(policy, ptok, sequences_per_batch=256), ptok, rows, task.verify, opts, seed,
-                         solution_engine=solution_engine)
-        out = Path(cfg.train.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "labels.jsonl", "w") as f:  # the automatic labels, reusable as a stepwise file
-            f.writelines(json.dumps(r) + "\n" for r in raw)
-    elif _is_prm800k(path):
+        return task_prm_rows(task, completer, ptok, opts, seed, generator, cfg.train.out)
+    if _is_prm800k(path):
         raw, skipped = prm800k_rows(path, opts.neutral_label, cfg.data.train_rows, cfg.data.on_error)
         if skipped:
             warn(f"{path}: skipped {skipped} malformed PRM800K rows")
-    else:
-        examples, report = load_examples(path, kind="stepwise", columns=cfg.data.columns,
-                                         on_error=cfg.data.on_error, limit=cfg.data.train_rows)
-        console.print(f"data: {report.summary()}")
+        examples, report = load_examples(raw, kind="stepwise", on_error=cfg.data.on_error)
         return [{"prompt": e.prompt, "completions": e.steps, "labels": e.step_labels} for e in examples]
-    examples, report = load_examples(raw, kind="stepwise", on_error=cfg.data.on_error)
+    examples, report = load_examples(path, kind="stepwise", columns=cfg.data.columns,
+                                     on_error=cfg.data.on_error, limit=cfg.data.train_rows)
+    console.print(f"data: {report.summary()}")
     return [{"prompt": e.prompt, "completions": e.steps, "labels": e.step_labels} for e in examples]
 
 
@@ -197,7 +215,9 @@ class PRMTrainer:
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, seed=cfg.train.seed)
         self.tokenizer = tokenizer
-        self.prm = ProcessRewardModel(model, cfg.prm.step_sep, chat=True)
+        self.prm = ProcessRewardModel(model, cfg.prm.step_sep, chat=True, likelihood_features=cfg.prm.likelihood_features)
+        if cfg.prm.freeze_backbone:
+            self.prm.lm.requires_grad_(False)
         self.rows = rows
         enc = [encode_steps(tokenizer, r["prompt"], r["completions"], cfg.prm.step_sep, True, cfg.data.max_length) for r in rows]
         labels = [[float(x > 0) if cfg.prm.labels == "hard" else x for x in r["labels"]] for r in rows]
@@ -231,7 +251,7 @@ class PRMTrainer:
         total, acc = 0.0, 0.0
         for s in range(0, len(items), c.sequences_per_microbatch):
             b = self._batch(items[s : s + c.sequences_per_microbatch])
-            logits = self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"])
+            logits = self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"], prompt_lengths=b["prompt_lengths"])
             loss, stats = prm_step_loss(logits, b["step_labels"], b["step_mask"])
             (loss.sum() / n_steps).backward()
             total += float(loss.detach().sum())
@@ -254,7 +274,8 @@ class PRMTrainer:
             tot, acc, n = 0.0, 0.0, 0
             for s in range(0, len(self.eval_set), self.cfg.prm.sequences_per_microbatch):
                 b = self._batch(self.eval_set[s : s + self.cfg.prm.sequences_per_microbatch])
-                loss, st = prm_step_loss(self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"]),
+                loss, st = prm_step_loss(self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"],
+                                                              prompt_lengths=b["prompt_lengths"]),
                                          b["step_labels"], b["step_mask"])
                 tot, acc, n = tot + float(loss.sum()), acc + float(st["accuracy"] * st["num_steps"]), n + int(st["num_steps"])
             out = {"eval/loss": tot / max(n, 1), "eval/step_accuracy": acc / max(n, 1)}
