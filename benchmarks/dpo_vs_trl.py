@@ -123,6 +123,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--compare-steps", type=int, default=5)
     p.add_argument("--out", default="/tmp/posttrain-dpo-vs-trl")
+    p.add_argument("--trl-runs", default="trl,trl-precompute", help="which TRL configurations to run (comma list)")
     p.add_argument("--worker", default="")
     a = p.parse_args()
     if a.worker:
@@ -132,7 +133,8 @@ def main() -> None:
     print(f"model {a.model}, {a.steps} steps x {a.pairs} pairs, sigmoid DPO beta 0.1, AdamW lr {a.lr} constant, "
           f"{a.threads} thread(s); TRL {trl.__version__}")
     results = {}
-    for name in ("posttrain", "trl", "trl-precompute"):
+    trl_runs = [n for n in a.trl_runs.split(",") if n]
+    for name in ("posttrain", *trl_runs):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--worker", name]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -143,14 +145,14 @@ def main() -> None:
         print(f"{name:<15} {r['pairs_per_s']:8.1f} pairs/s  {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB")
     k = a.compare_steps
     ours = results["posttrain"]["losses"][:k]
-    for name in ("trl", "trl-precompute"):
+    for name in trl_runs:
         theirs = results[name]["losses"][:k]
         diff = max(abs(x - y) for x, y in zip(ours, theirs))
         print(f"first {k} step losses, posttrain vs {name}: max |diff| {diff:.2e} ({'agree' if diff <= 1e-4 else 'DISAGREE'} at 1e-4); "
               f"token ids identical: {results[name]['token_ids_match']}")
     print("posttrain losses:", [round(x, 6) for x in ours])
-    print("trl losses:      ", [round(x, 6) for x in results["trl"]["losses"][:k]])
-    best = max(("trl", "trl-precompute"), key=lambda n: results[n]["pairs_per_s"])
+    print(f"{trl_runs[0]} losses:", [round(x, 6) for x in results[trl_runs[0]]["losses"][:k]])
+    best = max(trl_runs, key=lambda n: results[n]["pairs_per_s"])
     mem = results["posttrain"]["peak_rss_mb"] / results[best]["peak_rss_mb"]
     print(f"peak memory vs TRL ({best}): {mem:.2f}x")
     print(f"speed-up vs TRL: {results['posttrain']['pairs_per_s'] / results[best]['pairs_per_s']:.1f}x")
