@@ -17,8 +17,10 @@
    problems drawn with --problem-seed (not the 200 used to pick the weak step), plus a PNG.
 
     python benchmarks/scaling_task.py --out runs/bench_scaling
+    python benchmarks/scaling_task.py --out runs/bench_scaling --problems 1000 --beams --scaling-dir scaling_1000
 
-Stages are cached in --out (delete a stage's folder or file to redo it).
+Stages are cached in --out (delete a stage's folder or file to redo it); the second command reuses
+the SFT run and the PRM, and compares greedy, maj@k and the PRM's best-of-k on more problems.
 """
 from __future__ import annotations
 
@@ -99,6 +101,7 @@ def main() -> None:
     ap.add_argument("--problem-seed", type=int, default=7)
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--beams", nargs="*", default=["2x2", "4x4"], help="NUM_BEAMSxEXPANSIONS")
+    ap.add_argument("--scaling-dir", default="scaling", help="folder under --out for the table, plot and paired stats")
     ap.add_argument("--stop-after", choices=["sft", "prm", "scaling"], default="scaling")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,9 +124,9 @@ def main() -> None:
     prm, prm_tok = load_prm(prm_dir)
     beams = tuple(tuple(int(x) for x in b.split("x")) for b in args.beams)
     rows, png = scaling_table(model, tok, PRMScorer(prm, prm_tok, batch_size=64), demo.task, args.problems,
-                              out_dir=out / "scaling", ks=tuple(args.k), beams=beams, max_new_tokens=64,
+                              out_dir=out / args.scaling_dir, ks=tuple(args.k), beams=beams, max_new_tokens=64,
                               temperature=args.temperature, seed=0, problem_seed=args.problem_seed)
-    (out / "scaling" / "setup.json").write_text(json.dumps({
+    (out / args.scaling_dir / "setup.json").write_text(json.dumps({
         "weak_step": weak_step, "weak_greedy_200": evals[weak_step], "strong_step": strong_step,
         "strong_greedy_200": evals[strong_step], "args": vars(args)}, indent=1))
     print(scaling_markdown(rows))
@@ -137,7 +140,7 @@ def main() -> None:
         stats[f"{a[0]}@{a[1]} - {b[0]}@{b[1]}"] = c
         print(f"{a[0]}@{a[1]} - {b[0]}@{b[1]}: {c['difference']:+.3f} (95% CI {c['ci95'][0]:+.3f}..{c['ci95'][1]:+.3f}; "
               f"solved only by the first {c['only_a']}, only by the second {c['only_b']})")
-    (out / "scaling" / "paired.json").write_text(json.dumps(stats, indent=1))
+    (out / args.scaling_dir / "paired.json").write_text(json.dumps(stats, indent=1))
     print(f"plot: {png}; total {time.perf_counter() - t0:.0f}s")
 
 

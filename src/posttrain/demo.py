@@ -258,7 +258,9 @@ def _scaling_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer, weak: tuple
         f"of the step-{weak_step} model, {cfg.scaling_rollouts} rollouts of the final model per step prefix, soft "
         f"labels; {label_s:.0f} s); held-out step accuracy {res.get('eval/step_accuracy', float('nan')):.3f} "
         f"(majority class {majority:.3f}). {cfg.scaling_problems} held-out problems (task seed {cfg.seed + 7}); "
-        "maj@k, best-of-k and weighted vote at one k use the same k samples.", "",
+        "maj@k, best-of-k and weighted vote at one k use the same k samples. In the stage table above, "
+        f"'before' is this policy's greedy accuracy on these problems and 'after' the best row ({best['method']} at "
+        f"{best['budget']}).", "",
         scaling_markdown(table),
     ]
     by = {(r["method"], r["budget"]): r for r in table}
