@@ -63,3 +63,32 @@ def test_empty_prompt_is_an_error(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="empty prompt"):
         HFEngine(model, tok).generate([[]], SamplingParams(max_new_tokens=2))
+
+
+def test_finished_rows_leave_the_batch_without_changing_the_others(tiny):
+    """A completion cut by a stop string leaves the batch (and the shared-prefix KV cache) early; the
+    other completions sample exactly what they sample without it, and every logprob still matches
+    a forward pass over prompt + completion."""
+    model, tok = tiny
+    prompts = _prompts(tok)[:2]
+    engine = HFEngine(model, tok, sequences_per_batch=8)
+    free = engine.generate(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=10, seed=5))
+    stop = free[0][1].text[1:3]
+    cut = engine.generate(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=10, seed=5, stop=(stop,)))
+    assert cut[0][1].stop_reason == stop and len(cut[0][1].token_ids) < 10
+    for p, fs, cs in zip(prompts, free, cut):
+        for f, c in zip(fs, cs):
+            if c.stop_reason is None:
+                assert c.token_ids == f.token_ids
+            else:
+                assert c.token_ids == f.token_ids[: len(c.token_ids)] and c.text.endswith(c.stop_reason)
+            logits = model(torch.tensor([p + c.token_ids])).logits[0, len(p) - 1 : -1]
+            assert torch.allclose(token_logprobs(logits, torch.tensor(c.token_ids)), torch.tensor(c.logprobs), atol=1e-5)
+
+
+def test_more_samples_than_a_batch_holds(tiny):
+    model, tok = tiny
+    out = HFEngine(model, tok, sequences_per_batch=4).generate(
+        _prompts(tok)[:2], SamplingParams(n=6, temperature=1.0, max_new_tokens=3, seed=0))
+    assert [len(x) for x in out] == [6, 6]
+    assert len({tuple(c.token_ids) for c in out[0]}) > 1

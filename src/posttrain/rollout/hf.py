@@ -4,6 +4,14 @@ A plain decode loop rather than `model.generate`, so that the sampling logprobs,
 seeding are ours and exact: position ids come from the attention mask (left padding safe), each
 sampled token's logprob is taken under the temperature-scaled distribution (the one the trainer
 recomputes), and greedy decoding reports logprobs at temperature 1.
+
+Two things keep the loop cheap, as in vLLM's scheduler but without its machinery:
+- prefix sharing: a prompt's ``n`` completions share one prefill; its KV cache is repeated ``n``
+  times afterwards (prompts are batched whole, ``sequences_per_batch // n`` at a time);
+- finished rows leave the batch: when a completion ends (EOS or a stop string), its row is dropped
+  from the KV cache, so a long completion does not keep its finished neighbours decoding.
+Sampling draws one uniform per original row and step (inverse CDF), so which rows are still in the
+batch never changes what another row samples.
 """
 from __future__ import annotations
 
@@ -37,65 +45,77 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
-        flat = [list(p) for p in prompts for _ in range(params.n)]
+        for i, p in enumerate(prompts):
+            if not p:
+                raise ValueError(f"empty prompt (no tokens) at index {i} given to the rollout engine")
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        order = sorted(range(len(flat)), key=lambda i: len(flat[i]))  # less padding per batch
-        results: list[Completion | None] = [None] * len(flat)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding per batch
+        results: list[list[Completion]] = [[] for _ in prompts]
+        copies = min(params.n, self.sequences_per_batch)  # rows per prompt in one batch
+        per_batch = max(1, self.sequences_per_batch // copies)
         was_training = self.model.training
         self.model.eval()
         try:
-            for s in range(0, len(order), self.sequences_per_batch):
-                idx = order[s : s + self.sequences_per_batch]
-                for i, c in zip(idx, self._generate_batch([flat[i] for i in idx], params, gen)):
-                    results[i] = c
+            for s in range(0, len(order), per_batch):
+                idx = order[s : s + per_batch]
+                for done in range(0, params.n, copies):  # n > sequences_per_batch: a prompt in chunks
+                    c = min(copies, params.n - done)
+                    comps = self._generate_batch([list(prompts[i]) for i in idx], c, params, gen)
+                    for j, i in enumerate(idx):
+                        results[i].extend(comps[j * c : (j + 1) * c])
         finally:
             self.model.train(was_training)
-        return [results[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+        return results
 
-    def _generate_batch(self, prompts, params: SamplingParams, gen) -> list[Completion]:
-        B, P = len(prompts), max(len(p) for p in prompts)
+    def _generate_batch(self, prompts, copies: int, params: SamplingParams, gen) -> list[Completion]:
+        """`copies` completions of each prompt, prompt-major: row j * copies + k is prompt j's k-th."""
+        U, P = len(prompts), max(len(p) for p in prompts)
+        B = U * copies
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         eos = self.tokenizer.eos_token_id
-        ids = torch.full((B, P), pad, dtype=torch.long)
-        mask = torch.zeros((B, P), dtype=torch.long)
+        ids = torch.full((U, P), pad, dtype=torch.long)
+        mask = torch.zeros((U, P), dtype=torch.long)
         for b, p in enumerate(prompts):
-            if not p:
-                raise ValueError("empty prompt (no tokens) given to the rollout engine")
             ids[b, P - len(p) :] = torch.tensor(p)
             mask[b, P - len(p) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        past, last_pos = out.past_key_values, pos[:, -1]
-        logits = out.logits[:, -1].float()
-        # Token bookkeeping stays in tensors: one (B, max_new_tokens) buffer, a `done` mask, and
-        # the length of each completion; Python loops over rows only for stop strings.
+        past, last_pos, logits = out.past_key_values, pos[:, -1], out.logits[:, -1].float()
+        if copies > 1:  # one prefill per prompt, its cache shared by the prompt's completions
+            past.batch_repeat_interleave(copies)
+            mask, last_pos, logits = (x.repeat_interleave(copies, dim=0) for x in (mask, last_pos, logits))
+        # Token bookkeeping stays in tensors indexed by the original row; `rows` maps the rows still
+        # in the batch to it. Python loops over rows only for stop strings.
         tokens = torch.full((B, params.max_new_tokens), pad, dtype=torch.long)
         logps = torch.zeros((B, params.max_new_tokens))
         lengths = torch.zeros(B, dtype=torch.long)
         done = torch.zeros(B, dtype=torch.bool)
         stop_hit: list[str | None] = [None] * B
+        rows = torch.arange(B)
         for t in range(params.max_new_tokens):
-            tok, lp = self._sample(logits, params, gen)
-            live = ~done
-            tokens[live, t] = tok[live]
-            logps[live, t] = lp[live]
-            lengths += live.long()
-            if eos is not None:
-                done |= live & (tok == eos)
+            tok, lp = self._sample(logits, params, gen, rows, B)
+            tokens[rows, t], logps[rows, t] = tok, lp
+            lengths[rows] += 1
+            fin = tok == eos if eos is not None else torch.zeros_like(tok, dtype=torch.bool)
             if params.stop:
-                for b in live.nonzero().flatten().tolist():
-                    if done[b]:
+                for j, b in enumerate(rows.tolist()):
+                    if fin[j]:
                         continue
                     tail = self.tokenizer.decode(tokens[b, max(0, t - 15) : t + 1].tolist(), skip_special_tokens=True)
                     hit = next((s for s in params.stop if tail.endswith(s)), None)
                     if hit is not None:
-                        done[b], stop_hit[b] = True, hit
-            if bool(done.all()) or t == params.max_new_tokens - 1:
+                        fin[j], stop_hit[b] = True, hit
+            done[rows[fin]] = True
+            if bool(fin.all()) or t == params.max_new_tokens - 1:
                 break
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
+            if bool(fin.any()):  # drop finished rows from the batch and the KV cache
+                keep = (~fin).nonzero().flatten()
+                past.batch_select_indices(keep)
+                rows, tok, mask, last_pos = rows[keep], tok[keep], mask[keep], last_pos[keep]
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
             last_pos = last_pos + 1
             out = self.model(
-                input_ids=tok.view(B, 1), attention_mask=mask, position_ids=last_pos.view(B, 1),
+                input_ids=tok.view(-1, 1), attention_mask=mask, position_ids=last_pos.view(-1, 1),
                 past_key_values=past, use_cache=True,
             )
             past, logits = out.past_key_values, out.logits[:, -1].float()
@@ -110,12 +130,14 @@ class HFEngine:
         ]
 
     @staticmethod
-    def _sample(logits: torch.Tensor, params: SamplingParams, gen):
+    def _sample(logits: torch.Tensor, params: SamplingParams, gen, rows: torch.Tensor, batch: int):
+        """Sample one token per live row; `rows` are their original indices among `batch` rows."""
         if params.temperature <= 0:
             tok = logits.argmax(-1)
             return tok, torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
         scaled = logits / params.temperature
         logp = torch.log_softmax(scaled, -1)
-        probs = _top_p_filter(scaled, params.top_p).softmax(-1)
-        tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        cdf = _top_p_filter(scaled, params.top_p).softmax(-1).cumsum(-1)
+        u = torch.rand(batch, generator=gen)[rows]  # every original row draws, live or not
+        tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
         return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
