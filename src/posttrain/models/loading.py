@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen2Config
 
+from posttrain.models import attention
 from posttrain.models.tokenizer import build_char_tokenizer
 
 SMOLLM2_NAME = "smollm2-135m-instruct"
@@ -78,10 +79,10 @@ def tiny_model(
         config = Qwen2Config(**common)
     else:
         raise ModelLoadError(f"tiny model architecture '{arch}' is not one of: llama, qwen2")
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attention.register()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attention.NAME)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model, tok
@@ -163,7 +164,7 @@ def load_model_and_tokenizer(
     where = resolve_model_path(name)
     tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        where, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation="sdpa"
+        where, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attention.register()
     )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

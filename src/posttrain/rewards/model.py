@@ -27,11 +27,13 @@ class RewardModelScorer:
         if isinstance(model, (str, Path)):
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+            from posttrain.models import attention
+
             folder = Path(model)
             if not (folder / "config.json").exists():
                 raise FileNotFoundError(f"{folder}: not a reward model folder (no config.json)")
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa")
+            model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation=attention.register())
         if tokenizer is None:
             raise ValueError("RewardModelScorer needs a tokenizer when given a model object")
         if getattr(model.config, "num_labels", 1) != 1:

@@ -28,7 +28,7 @@ import torch
 from posttrain.checkpoint import restore_checkpoint, save_checkpoint
 from posttrain.logging import MetricsLogger, console
 from posttrain.losses.reward import bradley_terry_loss
-from posttrain.models import load_model_and_tokenizer
+from posttrain.models import attention, load_model_and_tokenizer
 from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, optimizer_step, seed_everything, training_loop
 from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, tokenize_pairs
 
@@ -78,7 +78,7 @@ def load_reward_backbone(cfg: RewardConfig):
         arch = (AutoConfig.from_pretrained(path).architectures or [""])[0]
         if arch.endswith("ForSequenceClassification"):
             tok = AutoTokenizer.from_pretrained(path)
-            return AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="sdpa"), tok
+            return AutoModelForSequenceClassification.from_pretrained(path, attn_implementation=attention.register()), tok
     causal, tok = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
     return reward_model_from_causal(causal, tok.pad_token_id, cfg.train.seed), tok
 
