@@ -85,6 +85,7 @@ def train_prm(out: Path, weak: Path, strong: Path, args, task: str) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/bench_scaling")
+    ap.add_argument("--task", default=None, help="task spec (default: the demo's)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fine-every", type=int, default=10)
     ap.add_argument("--weak-acc", type=float, default=0.3)
@@ -106,7 +107,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    demo = DemoConfig()
+    demo = DemoConfig(task=args.task) if args.task else DemoConfig()
     t0 = time.perf_counter()
     evals = sft_run(out, args, demo)
     strong_step = max(evals)

@@ -1,6 +1,7 @@
 import pytest
 
 from posttrain.tasks import load_task_spec
+from posttrain.tasks.arithmetic import scratchpad_steps
 
 
 def _problem(row):
@@ -22,6 +23,23 @@ def test_scratchpad_running_result_lines():
     task = load_task_spec("addition:scratchpad=2")
     text = task.completion(964, 494)
     assert text.split("\n") == ["4+4+0=8 c0 -> 8", "6+9+0=5 c1 -> 58", "9+4+1=4 c1 -> 1458", "#### 1458"]
+
+
+def test_shuffled_scratchpad_varies_the_addend_order_only():
+    task = load_task_spec("addition:scratchpad=2,shuffle=1")
+    texts = [r["completion"][0]["content"] for r in task.sft_rows(400)]
+    lines = [line for t in texts for line in t.split("\n")[:-1]]
+    assert len({line.split("=")[0].split("+")[0] for line in lines}) > 1  # not always the first operand first
+    for r, t in zip(task.sft_rows(400), texts):
+        a, b = map(int, r["prompt"][0]["content"].split("+"))
+        plain = scratchpad_steps(a, b, running=True)
+        assert t.split("\n")[-1] == plain[-1] == f"#### {a + b}" and task.verify(t, r["answer"])
+        for got, want in zip(t.split("\n")[:-1], plain[:-1]):
+            (g_terms, g_rest), (w_terms, w_rest) = got.split("="), want.split("=")
+            assert sorted(g_terms.split("+")) == sorted(w_terms.split("+")) and g_rest == w_rest
+    assert texts == [r["completion"][0]["content"] for r in task.sft_rows(400)]  # deterministic
+    with pytest.raises(ValueError, match="needs a scratchpad"):
+        load_task_spec("addition:shuffle=1")
 
 
 def test_held_out_split_is_disjoint_and_deterministic():

@@ -15,6 +15,11 @@ above instead of reading the digits back in reverse (which is what a small model
     2+5+0=7 c0 -> 79
     1+4+0=5 c0 -> 579
     #### 579
+
+``shuffle=1`` writes each column's three addends (the two digits and the carry) in a random order,
+so that one problem has many right solutions (``0+3+6=9 c0 -> 9``, ``6+0+3=9 c0 -> 9``, ...): a
+model trained on it samples different paths to the same answer, the premise of self-consistency
+(Wang et al. 2023), whereas the fixed order leaves one right text per problem.
 """
 from __future__ import annotations
 
@@ -25,10 +30,12 @@ from dataclasses import dataclass
 from posttrain.tasks.base import TASKS, Task, in_eval_split
 
 
-def scratchpad_steps(a: int, b: int, drop_carry_at: int = -1, slip_digit_at: int = -1, running: bool = False) -> list[str]:
+def scratchpad_steps(a: int, b: int, drop_carry_at: int = -1, slip_digit_at: int = -1, running: bool = False,
+                     order: random.Random | None = None) -> list[str]:
     """Column steps. Plausible slips for rejected solutions: `drop_carry_at` = i writes column i's
     carry as 0; `slip_digit_at` = i writes column i's digit one too high (mod 10). `running` appends
-    the result so far (the final carry included on the last column)."""
+    the result so far (the final carry included on the last column); `order`, a random generator,
+    shuffles each column's addends."""
     da, db = str(a)[::-1], str(b)[::-1]
     carry, steps, digits = 0, [], []
     for i in range(max(len(da), len(db))):
@@ -37,7 +44,10 @@ def scratchpad_steps(a: int, b: int, drop_carry_at: int = -1, slip_digit_at: int
         s = x + y + carry
         out = 0 if i == drop_carry_at else s // 10
         digit = (s + 1) % 10 if i == slip_digit_at else s % 10
-        steps.append(f"{x}+{y}+{carry}={digit} c{out}")
+        terms = [x, y, carry]
+        if order is not None:
+            order.shuffle(terms)
+        steps.append(f"{'+'.join(map(str, terms))}={digit} c{out}")
         digits.append(digit)
         carry = out
         if running:
@@ -72,6 +82,7 @@ _ANSWER = re.compile(r"####\s*(-?\d+)")
 class Addition(Task):
     digits: int = 3
     scratchpad: int = 0
+    shuffle: int = 0
 
     def _problems(self, n: int, seed: int, held_out: bool):
         rng = random.Random(seed)
@@ -83,15 +94,23 @@ class Addition(Task):
                 out.append((a, b))
         return out
 
-    def completion(self, a: int, b: int) -> str:
-        return "\n".join(scratchpad_steps(a, b, running=self.scratchpad == 2)) if self.scratchpad else str(a + b)
+    def completion(self, a: int, b: int, order: random.Random | None = None) -> str:
+        """The right solution; with ``shuffle`` its addend orders come from `order` (a fresh
+        generator seeded by the problem when None)."""
+        if not self.scratchpad:
+            return str(a + b)
+        if self.shuffle and order is None:
+            order = random.Random(f"{a}+{b}")
+        return "\n".join(scratchpad_steps(a, b, running=self.scratchpad == 2, order=order if self.shuffle else None))
 
     def _prompt(self, a: int, b: int):
         return [{"role": "user", "content": f"{a}+{b}"}]
 
     def sft_rows(self, n, seed=0, held_out=False):
+        order = random.Random(seed + 1)  # with shuffle: the addend orders of every row, one stream
         return [
-            {"prompt": self._prompt(a, b), "completion": [{"role": "assistant", "content": self.completion(a, b)}], "answer": str(a + b)}
+            {"prompt": self._prompt(a, b), "completion": [{"role": "assistant", "content": self.completion(a, b, order)}],
+             "answer": str(a + b)}
             for a, b in self._problems(n, seed, held_out=held_out)
         ]
 
@@ -111,7 +130,7 @@ class Addition(Task):
         rng = random.Random(seed)
         rows = []
         for a, b in self._problems(n, seed, held_out):
-            chosen = self.completion(a, b)
+            chosen = self.completion(a, b, rng if self.shuffle else None)
             rejected = self._wrong_completion(a, b, rng)
             rows.append({"prompt": self._prompt(a, b), "chosen": [{"role": "assistant", "content": chosen}],
                          "rejected": [{"role": "assistant", "content": rejected}], "answer": str(a + b)})
@@ -120,12 +139,12 @@ class Addition(Task):
     def _wrong_completion(self, a: int, b: int, rng: random.Random) -> str:
         if not self.scratchpad:
             return str(wrong_sum(a, b, rng))
-        running = self.scratchpad == 2
+        running, order = self.scratchpad == 2, rng if self.shuffle else None
         right = scratchpad_steps(a, b)
         carries = [i for i, step in enumerate(right[:-1]) if step.endswith("c1")]
         if carries and rng.random() < 0.5:
-            return "\n".join(scratchpad_steps(a, b, drop_carry_at=rng.choice(carries), running=running))
-        return "\n".join(scratchpad_steps(a, b, slip_digit_at=rng.randrange(len(right) - 1), running=running))
+            return "\n".join(scratchpad_steps(a, b, drop_carry_at=rng.choice(carries), running=running, order=order))
+        return "\n".join(scratchpad_steps(a, b, slip_digit_at=rng.randrange(len(right) - 1), running=running, order=order))
 
     def extract(self, completion: str) -> str | None:
         m = _ANSWER.search(completion)
@@ -139,5 +158,7 @@ class Addition(Task):
 
 
 @TASKS.register("addition")
-def _make_addition(digits: int = 3, scratchpad: int = 0) -> Addition:
-    return Addition(name="addition", digits=digits, scratchpad=scratchpad)
+def _make_addition(digits: int = 3, scratchpad: int = 0, shuffle: int = 0) -> Addition:
+    if shuffle and not scratchpad:
+        raise ValueError("addition: shuffle=1 needs a scratchpad (scratchpad=1 or 2): it orders the scratchpad's addends")
+    return Addition(name="addition", digits=digits, scratchpad=scratchpad, shuffle=shuffle)
