@@ -86,6 +86,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/bench_scaling")
     ap.add_argument("--task", default=None, help="task spec (default: the demo's)")
+    ap.add_argument("--sft-steps", type=int, default=None, help="SFT schedule length (default: the demo's)")
+    ap.add_argument("--strong", default=None, help="a model folder to use as the PRM's backbone and completer "
+                    "instead of the SFT run's last step (e.g. a longer run of the same recipe)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fine-every", type=int, default=10)
     ap.add_argument("--weak-acc", type=float, default=0.3)
@@ -107,14 +110,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    demo = DemoConfig(task=args.task) if args.task else DemoConfig()
+    demo = DemoConfig()
+    demo = dataclasses.replace(demo, task=args.task or demo.task, sft_steps=args.sft_steps or demo.sft_steps)
     t0 = time.perf_counter()
     evals = sft_run(out, args, demo)
     strong_step = max(evals)
     weak_step = min((s for s in evals if s != strong_step), key=lambda s: (abs(evals[s] - args.weak_acc), s))
-    weak, strong = out / "sft" / f"step-{weak_step}", out / "sft" / f"step-{strong_step}"
-    print(f"weak policy: step {weak_step} (greedy {evals[weak_step]:.3f}); strong: step {strong_step} "
-          f"(greedy {evals[strong_step]:.3f}) ({time.perf_counter() - t0:.0f}s)", flush=True)
+    weak, strong = out / "sft" / f"step-{weak_step}", Path(args.strong or out / "sft" / f"step-{strong_step}")
+    print(f"weak policy: step {weak_step} (greedy {evals[weak_step]:.3f}); strong: "
+          f"{args.strong or f'step {strong_step} (greedy {evals[strong_step]:.3f})'} ({time.perf_counter() - t0:.0f}s)", flush=True)
     if args.stop_after == "sft":
         return
     prm_dir = train_prm(out, weak, strong, args, demo.task)
@@ -128,7 +132,7 @@ def main() -> None:
                               out_dir=out / args.scaling_dir, ks=tuple(args.k), beams=beams, max_new_tokens=64,
                               temperature=args.temperature, seed=0, problem_seed=args.problem_seed)
     (out / args.scaling_dir / "setup.json").write_text(json.dumps({
-        "weak_step": weak_step, "weak_greedy_200": evals[weak_step], "strong_step": strong_step,
+        "weak_step": weak_step, "weak_greedy_200": evals[weak_step], "strong_step": strong_step, "strong": str(strong),
         "strong_greedy_200": evals[strong_step], "args": vars(args)}, indent=1))
     print(scaling_markdown(rows))
     by = {(r["method"], r["budget"]): r for r in rows}
