@@ -92,3 +92,20 @@ def test_more_samples_than_a_batch_holds(tiny):
         _prompts(tok)[:2], SamplingParams(n=6, temperature=1.0, max_new_tokens=3, seed=0))
     assert [len(x) for x in out] == [6, 6]
     assert len({tuple(c.token_ids) for c in out[0]}) > 1
+
+
+@pytest.mark.parametrize("name", ["tiny-llama:d=32,l=2,h=2", "tiny-qwen2:d=32,l=2,h=4,kv=2"])
+def test_lean_decoder_and_hf_forward_sample_the_same_tokens(name):
+    from posttrain.models import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(name, seed=2)
+    prompts = _prompts(tok)
+    for params in (SamplingParams(temperature=0.0, max_new_tokens=8),
+                   SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=5)):
+        lean = HFEngine(model, tok, sequences_per_batch=6).generate(prompts, params)
+        hf = HFEngine(model, tok, sequences_per_batch=6, lean=False).generate(prompts, params)
+        for a, b in zip(lean, hf):
+            assert [c.token_ids for c in a] == [c.token_ids for c in b]
+            assert [c.finish_reason for c in a] == [c.finish_reason for c in b]
+            for ca, cb in zip(a, b):
+                assert torch.allclose(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-5)

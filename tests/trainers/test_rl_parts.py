@@ -153,3 +153,35 @@ def test_policy_gradient_equals_hand_objective(tiny):
     model.zero_grad()
     assert st["loss"] == pytest.approx(-float(adv.mean()), abs=1e-6)  # ratio 1 -> -mean(A)
     assert math.isfinite(st["entropy"])
+
+
+@pytest.mark.parametrize("name", ["tiny-llama:d=32,l=2,h=2", "tiny-qwen2:d=32,l=2,h=4,kv=2"])
+def test_shared_prompt_forward_equals_the_full_forward_in_values_and_gradients(name):
+    """Rows that repeat a prompt share one prompt pass (uneven groups, interleaved order): the
+    logprobs, the entropy and the gradient equal those of one unpadded sequence at a time."""
+    model, tok = load_model_and_tokenizer(name, seed=3)
+    a, b, c = [1, 20, 21, 22, 23], [1, 30], [1, 40, 41]
+    prompts = [a, b, a, c, a, b]
+    comps = [[50, 51], [60, 61, 62, 63], [52], [70, 71, 72], [53, 54, 55], [64]]
+    w = torch.tensor([0.5, -1.0, 2.0, 1.5, -0.3, 0.8])
+    ids, tmask, _, _, _ = collate_completions([Completion(x, [0.0] * len(x), "stop") for x in comps], tok.pad_token_id, False)
+    model.zero_grad()
+    logp, ent = policy_forward(model, prompts, ids, tmask, tok.pad_token_id, temperature=0.7, entropy="grad")
+    assert logp.shape == ids.shape
+    ((logp * tmask * w[:, None]).sum() + 0.1 * (ent * tmask).sum()).backward()
+    shared = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref_logp, ref_ent = policy_forward(model, prompts, ids, tmask, tok.pad_token_id, temperature=0.7, entropy="grad",
+                                       share_prompts=False)
+    ((ref_logp * tmask * w[:, None]).sum() + 0.1 * (ref_ent * tmask).sum()).backward()
+    for i, (p, x) in enumerate(zip(prompts, comps)):
+        want = naive_token_logprobs(model(input_ids=torch.tensor([p + x])).logits[0, len(p) - 1 : -1] / 0.7, torch.tensor(x))
+        assert logp[i, : len(x)].tolist() == pytest.approx(want.tolist(), abs=1e-5)
+    assert torch.allclose(torch.where(tmask, ent - ref_ent, torch.zeros_like(ent)), torch.zeros_like(ent), atol=1e-5)
+    for g, p in zip(shared, model.parameters()):
+        assert torch.allclose(g, p.grad, atol=1e-5, rtol=1e-4)
+    one = collate_completions([Completion([50], [0.0], "stop")] * 2, tok.pad_token_id, False)
+    with torch.no_grad():  # a batch whose completions are one token long only needs the prompt pass
+        lp1, _ = policy_forward(model, [a, a], one[0], one[1], tok.pad_token_id, 1.0, "none")
+        want = naive_token_logprobs(model(input_ids=torch.tensor([a])).logits[0, -1:], torch.tensor([50]))
+        assert lp1[:, 0].tolist() == pytest.approx([float(want[0])] * 2, abs=1e-5)

@@ -12,6 +12,11 @@ Two things keep the loop cheap, as in vLLM's scheduler but without its machinery
   from the KV cache, so a long completion does not keep its finished neighbours decoding.
 Sampling draws one uniform per original row and step (inverse CDF), so which rows are still in the
 batch never changes what another row samples.
+
+The forward passes go through `posttrain.models.fast.LeanDecoder` (fused projections, a preallocated
+KV cache, no per-step mask building) when the model is a plain Llama/Qwen2/Mistral; any other model
+(a peft-wrapped policy, another architecture, ``lean=False``) runs the Hugging Face forward with its
+dynamic cache. Both give the same tokens (tested).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from posttrain.models import fast
 from posttrain.rollout.base import Completion, SamplingParams
 
 
@@ -35,10 +41,11 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 class HFEngine:
     """RolloutEngine over the live policy module (weights are shared, so it is always on-policy)."""
 
-    def __init__(self, model, tokenizer, sequences_per_batch: int = 64):
+    def __init__(self, model, tokenizer, sequences_per_batch: int = 64, lean: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.sequences_per_batch = sequences_per_batch
+        self.lean = lean
 
     def update_weights(self, model) -> None:
         self.model = model
@@ -55,19 +62,21 @@ class HFEngine:
         per_batch = max(1, self.sequences_per_batch // copies)
         was_training = self.model.training
         self.model.eval()
+        # weights are packed once per call: the live module may have been updated in place since the last
+        runner = _LeanRunner(self.model) if self.lean and fast.supports(self.model) else _HFRunner(self.model)
         try:
             for s in range(0, len(order), per_batch):
                 idx = order[s : s + per_batch]
                 for done in range(0, params.n, copies):  # n > sequences_per_batch: a prompt in chunks
                     c = min(copies, params.n - done)
-                    comps = self._generate_batch([list(prompts[i]) for i in idx], c, params, gen)
+                    comps = self._generate_batch(runner, [list(prompts[i]) for i in idx], c, params, gen)
                     for j, i in enumerate(idx):
                         results[i].extend(comps[j * c : (j + 1) * c])
         finally:
             self.model.train(was_training)
         return results
 
-    def _generate_batch(self, prompts, copies: int, params: SamplingParams, gen) -> list[Completion]:
+    def _generate_batch(self, runner, prompts, copies: int, params: SamplingParams, gen) -> list[Completion]:
         """`copies` completions of each prompt, prompt-major: row j * copies + k is prompt j's k-th."""
         U, P = len(prompts), max(len(p) for p in prompts)
         B = U * copies
@@ -79,10 +88,10 @@ class HFEngine:
             ids[b, P - len(p) :] = torch.tensor(p)
             mask[b, P - len(p) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-        past, last_pos, logits = out.past_key_values, pos[:, -1], out.logits[:, -1].float()
+        logits = runner.prefill(ids, mask, pos, capacity=P + params.max_new_tokens)
+        last_pos = pos[:, -1]
         if copies > 1:  # one prefill per prompt, its cache shared by the prompt's completions
-            past.batch_repeat_interleave(copies)
+            runner.repeat_rows(copies)
             mask, last_pos, logits = (x.repeat_interleave(copies, dim=0) for x in (mask, last_pos, logits))
         # Token bookkeeping stays in tensors indexed by the original row; `rows` maps the rows still
         # in the batch to it. Python loops over rows only for stop strings.
@@ -110,15 +119,11 @@ class HFEngine:
                 break
             if bool(fin.any()):  # drop finished rows from the batch and the KV cache
                 keep = (~fin).nonzero().flatten()
-                past.batch_select_indices(keep)
+                runner.select_rows(keep)
                 rows, tok, mask, last_pos = rows[keep], tok[keep], mask[keep], last_pos[keep]
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
             last_pos = last_pos + 1
-            out = self.model(
-                input_ids=tok.view(-1, 1), attention_mask=mask, position_ids=last_pos.view(-1, 1),
-                past_key_values=past, use_cache=True,
-            )
-            past, logits = out.past_key_values, out.logits[:, -1].float()
+            logits = runner.decode(tok, mask, last_pos)
         token_lists, lp_lists, done_list = tokens.tolist(), logps.tolist(), done.tolist()
         texts = self.tokenizer.batch_decode([token_lists[b][: int(lengths[b])] for b in range(B)], skip_special_tokens=True)
         return [
@@ -141,3 +146,49 @@ class HFEngine:
         u = torch.rand(batch, generator=gen)[rows]  # every original row draws, live or not
         tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
         return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+class _HFRunner:
+    """The Hugging Face forward with its dynamic cache (any causal LM, peft-wrapped ones included)."""
+
+    def __init__(self, model):
+        self.model, self.past = model, None
+
+    def prefill(self, ids, mask, pos, capacity: int) -> torch.Tensor:
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        self.past = out.past_key_values
+        return out.logits[:, -1].float()
+
+    def decode(self, tok, mask, pos) -> torch.Tensor:
+        out = self.model(input_ids=tok.view(-1, 1), attention_mask=mask, position_ids=pos.view(-1, 1),
+                         past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        return out.logits[:, -1].float()
+
+    def repeat_rows(self, copies: int) -> None:
+        self.past.batch_repeat_interleave(copies)
+
+    def select_rows(self, keep) -> None:
+        self.past.batch_select_indices(keep)
+
+
+class _LeanRunner:
+    """`fast.LeanDecoder` behind the same calls; its cache is preallocated to the batch's capacity."""
+
+    def __init__(self, model):
+        self.dec, self.filled = fast.LeanDecoder(model), 0
+
+    def prefill(self, ids, mask, pos, capacity: int) -> torch.Tensor:
+        self.filled = ids.shape[1]
+        return self.dec.prefill(ids, pos, mask.bool(), capacity)
+
+    def decode(self, tok, mask, pos) -> torch.Tensor:  # mask covers the cache filled so far + this token
+        logits = self.dec.decode(tok, pos, mask.bool(), self.filled)
+        self.filled += 1
+        return logits
+
+    def repeat_rows(self, copies: int) -> None:
+        self.dec.repeat_rows(copies)
+
+    def select_rows(self, keep) -> None:
+        self.dec.select_rows(keep)

@@ -5,7 +5,12 @@ Shapes: N sequences (prompts_per_step * samples_per_prompt), T = the longest com
 batch. Token ids go from the rollout engine into `RolloutBatch.completion` unchanged; the trainer
 never decodes and re-encodes them. Sequences are laid out as [left-padded prompt | right-padded
 completion] with position ids from the attention mask, the layout the HF engine sampled with, so
-logits at positions P-1 .. P+T-2 score the T completion tokens.
+logits at positions P-1 .. P+T-2 score the T completion tokens. The policy and reference passes run
+each distinct prompt once and its samples on its KV cache (`completion_logits`; Prefix Grouper,
+Liu et al. 2025, "Efficient GRPO Training through Shared-Prefix Forward"); the same logits and
+gradients as the full layout, with the prompt computed once per group. Departure from the paper:
+it regroups attention inside one forward; here the prompt pass's cache is gathered to the rows, two
+Hugging Face forwards, so it works for any causal LM with a cache (peft-wrapped ones included).
 """
 from __future__ import annotations
 
@@ -152,15 +157,10 @@ def build_reward_fns(names: str, weights: dict, task) -> list[tuple[Callable, fl
 
 def collate_completions(completions: list[Completion], pad_id: int, mask_truncated: bool):
     """(completion ids, token_mask, loss_mask, rollout logprobs, truncated) padded to the longest."""
-    n, T = len(completions), max(1, max(len(c.token_ids) for c in completions))
-    ids = torch.full((n, T), pad_id, dtype=torch.long)
-    lp = torch.zeros((n, T), dtype=torch.float32)
-    mask = torch.zeros((n, T), dtype=torch.bool)
-    for i, c in enumerate(completions):
-        k = len(c.token_ids)
-        ids[i, :k] = torch.tensor(c.token_ids, dtype=torch.long)
-        lp[i, :k] = torch.tensor(c.logprobs, dtype=torch.float32)
-        mask[i, :k] = True
+    T = max(1, max(len(c.token_ids) for c in completions))
+    ids = torch.tensor([c.token_ids + [pad_id] * (T - len(c.token_ids)) for c in completions], dtype=torch.long)
+    lp = torch.tensor([list(c.logprobs) + [0.0] * (T - len(c.logprobs)) for c in completions], dtype=torch.float32)
+    mask = torch.arange(T).unsqueeze(0) < torch.tensor([len(c.token_ids) for c in completions]).unsqueeze(1)
     truncated = torch.tensor([c.finish_reason == "length" for c in completions], dtype=torch.bool)
     loss_mask = mask & ~truncated.unsqueeze(-1) if mask_truncated else mask.clone()
     return ids, mask, loss_mask, lp, truncated
@@ -181,15 +181,52 @@ def _layout(prompt_ids: list[list[int]], completion: torch.Tensor, token_mask: t
     return ids, attn, pos, P
 
 
-def policy_forward(model, prompt_ids, completion, token_mask, pad_id: int, temperature: float, entropy: str = "no_grad"):
+def completion_logits(model, prompt_ids, completion, token_mask, pad_id: int, share_prompts: bool = True) -> torch.Tensor:
+    """(b, T, V) logits that score the T completion tokens (position t's logits predict token t).
+
+    With ``share_prompts`` and rows that repeat a prompt (a GRPO group), each distinct prompt is run
+    once and its KV cache is gathered to its rows before the completions are run on top of it
+    (shared-prefix forward, as in Prefix Grouper, Liu et al. 2025). A causal model's prompt states do
+    not depend on what follows, so the logits are those of the full [prompt | completion] pass, and
+    autograd sums each row's gradient into the one prompt pass: the gradient is the same too (tested).
+    The prompt's tokens are computed once per group instead of once per sample.
+    """
+    T = completion.shape[1]
+    index: dict[tuple, int] = {}
+    rows = [index.setdefault(tuple(p), len(index)) for p in prompt_ids]
+    if not share_prompts or len(index) == len(rows):
+        ids, attn, pos, P = _layout(prompt_ids, completion, token_mask, pad_id)
+        # only the last T + 1 positions' logits are needed (no LM head on the prompt)
+        return model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :T]
+    uniq = [list(k) for k in index]
+    P = max(len(p) for p in uniq)
+    ids = torch.full((len(uniq), P), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(uniq), P), dtype=torch.long)
+    for i, p in enumerate(uniq):
+        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        attn[i, P - len(p):] = 1
+    pos = (attn.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+    sel = torch.tensor(rows, dtype=torch.long)
+    first = out.logits[:, -1][sel].unsqueeze(1)
+    if T == 1:
+        return first
+    past = out.past_key_values
+    past.batch_select_indices(sel)  # differentiable gather: rows of a group share their prompt's states
+    c_ids = torch.where(token_mask, completion, torch.full_like(completion, pad_id))[:, : T - 1]
+    c_attn = torch.cat([attn[sel], token_mask[:, : T - 1].long()], dim=1)
+    c_pos = pos[sel, -1:] + 1 + torch.arange(T - 1).unsqueeze(0)
+    rest = model(input_ids=c_ids, attention_mask=c_attn, position_ids=c_pos, past_key_values=past, use_cache=True).logits
+    return torch.cat([first, rest], dim=1)
+
+
+def policy_forward(model, prompt_ids, completion, token_mask, pad_id: int, temperature: float, entropy: str = "no_grad",
+                   share_prompts: bool = True):
     """(logp (b, T), entropy (b, T) or None) of the completion tokens under logits / temperature.
 
     entropy: "grad" (for an entropy bonus), "no_grad" (for logging) or "none".
     """
-    ids, attn, pos, P = _layout(prompt_ids, completion, token_mask, pad_id)
-    T = completion.shape[1]  # only the last T + 1 positions' logits are needed (no LM head on the prompt)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits
-    logits = logits[:, :T].float()
+    logits = completion_logits(model, prompt_ids, completion, token_mask, pad_id, share_prompts).float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp = token_logprobs(logits, completion)
