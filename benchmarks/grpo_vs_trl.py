@@ -205,6 +205,16 @@ def sft_start(args) -> str:
     return str(tr.save())
 
 
+def _in_fresh_process(ctx, fn, args) -> dict:
+    """Run fn(args, queue) in a new process (its own peak memory) and return what it put."""
+    q = ctx.Queue()
+    proc = ctx.Process(target=fn, args=(args, q))
+    proc.start()
+    r = q.get()
+    proc.join()
+    return r
+
+
 def _median_time(results) -> float:
     """Median seconds to target over seeds; a run that missed it counts as infinitely slow."""
     times = sorted(r["seconds"] if r["reached"] else float("inf") for r in results)
@@ -218,11 +228,7 @@ def time_to_target(args) -> None:
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         args.run_seed = seed
         for fn in (ttt_trl, ttt_posttrain):
-            q = ctx.Queue()
-            proc = ctx.Process(target=fn, args=(args, q))
-            proc.start()
-            r = q.get()
-            proc.join()
+            r = _in_fresh_process(ctx, fn, args)
             results.setdefault(r["name"], []).append(r)
     print(json.dumps({k: v for k, v in vars(args).items()}))
     for name, rs in results.items():
@@ -337,11 +343,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):  # alternate the sides so that load changes on a shared machine hit both
         for fn in (run_trl, run_posttrain):
-            q = ctx.Queue()
-            proc = ctx.Process(target=fn, args=(args, q))
-            proc.start()
-            r = q.get()
-            proc.join()
+            r = _in_fresh_process(ctx, fn, args)
             runs.setdefault(r["name"], []).append(r)
     results = [max(rs, key=lambda r: r["completions_per_s"]) for rs in runs.values()]  # best of rounds per side
     print(json.dumps(vars(args)))

@@ -166,19 +166,21 @@ def collate_completions(completions: list[Completion], pad_id: int, mask_truncat
     return ids, mask, loss_mask, lp, truncated
 
 
+def _left_padded(prompt_ids: list[list[int]], pad_id: int):
+    """(ids, attention_mask) of the prompts left-padded to the longest, both (b, P) long."""
+    P = max(len(p) for p in prompt_ids)
+    ids = torch.tensor([[pad_id] * (P - len(p)) + list(p) for p in prompt_ids], dtype=torch.long)
+    attn = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompt_ids], dtype=torch.long)
+    return ids, attn
+
+
 def _layout(prompt_ids: list[list[int]], completion: torch.Tensor, token_mask: torch.Tensor, pad_id: int):
     """input_ids, attention_mask, position_ids of [left-padded prompt | completion] and P."""
-    b, T = completion.shape
-    P = max(len(p) for p in prompt_ids)
-    ids = torch.full((b, P + T), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, P + T), dtype=torch.long)
-    for i, p in enumerate(prompt_ids):
-        ids[i, P - len(p) : P] = torch.tensor(p, dtype=torch.long)
-        attn[i, P - len(p) : P] = 1
-    ids[:, P:] = torch.where(token_mask, completion, torch.full_like(completion, pad_id))
-    attn[:, P:] = token_mask.long()
+    p_ids, p_attn = _left_padded(prompt_ids, pad_id)
+    ids = torch.cat([p_ids, torch.where(token_mask, completion, torch.full_like(completion, pad_id))], dim=1)
+    attn = torch.cat([p_attn, token_mask.long()], dim=1)
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
-    return ids, attn, pos, P
+    return ids, attn, pos, p_ids.shape[1]
 
 
 def completion_logits(model, prompt_ids, completion, token_mask, pad_id: int, share_prompts: bool = True) -> torch.Tensor:
@@ -198,13 +200,7 @@ def completion_logits(model, prompt_ids, completion, token_mask, pad_id: int, sh
         ids, attn, pos, P = _layout(prompt_ids, completion, token_mask, pad_id)
         # only the last T + 1 positions' logits are needed (no LM head on the prompt)
         return model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :T]
-    uniq = [list(k) for k in index]
-    P = max(len(p) for p in uniq)
-    ids = torch.full((len(uniq), P), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(uniq), P), dtype=torch.long)
-    for i, p in enumerate(uniq):
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        attn[i, P - len(p):] = 1
+    ids, attn = _left_padded(list(index), pad_id)
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
     sel = torch.tensor(rows, dtype=torch.long)
