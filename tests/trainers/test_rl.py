@@ -82,6 +82,17 @@ def test_update_does_not_depend_on_the_microbatch_split(tmp_path, rl):
         assert m["loss"] == pytest.approx(m_ref["loss"], abs=1e-6)
 
 
+@pytest.mark.parametrize("algo", ["grpo", "online_dpo", "reinforce_pp"])
+def test_fast_paths_leave_rollouts_and_update_unchanged(tmp_path, algo):
+    """The lean decoder and the shared-prompt passes are speed only: same rollouts, same gradient."""
+    ref, m_ref = _params_after_one_step(tmp_path / "slow", 16, algo, lean_decoder=False, share_prompts=False)
+    got, m = _params_after_one_step(tmp_path / "fast", 16, algo)
+    assert m["reward_mean"] == m_ref["reward_mean"]
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert m["loss"] == pytest.approx(m_ref["loss"], abs=1e-6)
+
+
 def test_bad_inputs_are_counted_not_fatal(tmp_path):
     rows = [{"prompt": "", "answer": "1"}] + [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(8)]
     path = tmp_path / "rows.jsonl"

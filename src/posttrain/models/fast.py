@@ -4,13 +4,15 @@ The Hugging Face modules stay the source of the weights and of the numerics that
 wrong (rotary embedding with its scaling, RMSNorm, the activation); what this file replaces is the
 per-call machinery around them: the mask builder, the dynamic cache's ``torch.cat`` of every layer's
 keys and values at every step, the output dataclasses, separate q/k/v and gate/up matmuls. On a
-tiny model that machinery is most of a decode step; on any model it is pure overhead.
+tiny model that machinery was a third of a decode step (the lean path is 1.48x the Hugging Face forward
+there); on SmolLM2 the matmuls dominate and the two are even.
 
 `LeanDecoder` packs the weights once (q/k/v and gate/up fused into one matrix each, re-packed with
 `refresh()` after an optimizer step), keeps a preallocated KV cache, and exposes two calls:
 ``prefill(ids, positions, mask)`` and ``decode(tokens, positions, mask)``. Both return the last
-position's logits in fp32. Outputs equal the Hugging Face forward to fp32 rounding (tested against it
-with eager attention, greedy tokens identical).
+position's logits in fp32. Outputs equal the Hugging Face forward to fp32 rounding (tested: logits at
+every step against an uncached forward, with q/k/v and MLP biases too; sampled tokens through the
+rollout engine).
 
 `supports(model)` says whether a model can use it: a plain (not peft-wrapped) Llama/Qwen2/Mistral
 causal LM without a sliding window; anything else keeps the Hugging Face forward.

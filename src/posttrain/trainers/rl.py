@@ -80,6 +80,8 @@ class RLOptions:
     stop: tuple[str, ...] = ()
     engine: str = "hf"  # hf | vllm
     rollout_sequences_per_batch: int = 256
+    lean_decoder: bool = True  # hf engine: models.fast.LeanDecoder for plain Llama/Qwen2/Mistral models
+    share_prompts: bool = True  # policy / reference passes run each group's prompt once (same values)
     max_refill_rounds: int = 3  # dynamic sampling: extra sampling rounds per step
     reward: str = ""  # comma list of task, math, format, countdown, exact; empty: the task's verifier / math
     reward_weights: dict[str, float] = field(default_factory=dict)
@@ -214,7 +216,7 @@ class RLTrainer:
     def _build_engine(self):
         c = self.cfg.rl
         if c.engine == "hf":
-            return HFEngine(self.model, self.tokenizer, sequences_per_batch=c.rollout_sequences_per_batch)
+            return HFEngine(self.model, self.tokenizer, sequences_per_batch=c.rollout_sequences_per_batch, lean=c.lean_decoder)
         if c.engine == "vllm":
             from posttrain.rollout.vllm import VLLMEngine, import_vllm, save_for_vllm
 
@@ -341,13 +343,15 @@ class RLTrainer:
     def reference(self, batch: RolloutBatch, m: dict) -> None:
         """No-grad passes: old-policy logprobs (when needed), reference logprobs, critic values."""
         c, alg = self.cfg.rl, self.alg
-        size, temp = c.sequences_per_microbatch, c.temperature
+        size, temp, share = c.sequences_per_microbatch, c.temperature, c.share_prompts
         fused = c.minibatches_per_rollout * c.epochs_per_rollout == 1 and alg.kl_placement != "reward" and alg.loss != "dpo"
         if not fused:
-            batch.old_logp = batched_no_grad(lambda p, x, k: policy_forward(self.model, p, x, k, self.pad_id, temp, "none")[0], batch, size)
+            batch.old_logp = batched_no_grad(lambda p, x, k: policy_forward(self.model, p, x, k, self.pad_id, temp, "none", share)[0],
+                                             batch, size)
             m.update(mismatch_stats(batch.old_logp, batch))
         if self.ref is not None:
-            batch.ref_logp = batched_no_grad(lambda p, x, k: policy_forward(self.ref, p, x, k, self.pad_id, temp, "none")[0], batch, size)
+            batch.ref_logp = batched_no_grad(lambda p, x, k: policy_forward(self.ref, p, x, k, self.pad_id, temp, "none", share)[0],
+                                             batch, size)
         if self.critic is not None:
             batch.values = batched_no_grad(lambda p, x, k: self.critic(p, x, k, self.pad_id), batch, size)
 
@@ -395,9 +399,11 @@ class RLTrainer:
         c = self.cfg.rl
         self.model.train()
         if self.alg.loss == "dpo":
-            st = update_dpo(self.model, batch, idx, self.alg, self.pad_id, c.temperature, c.sequences_per_microbatch, c.samples_per_prompt)
+            st = update_dpo(self.model, batch, idx, self.alg, self.pad_id, c.temperature, c.sequences_per_microbatch,
+                            c.samples_per_prompt, share_prompts=c.share_prompts)
         else:
-            st = update_policy(self.model, batch, idx, self.alg, self.pad_id, c.temperature, c.sequences_per_microbatch, c.max_new_tokens)
+            st = update_policy(self.model, batch, idx, self.alg, self.pad_id, c.temperature, c.sequences_per_microbatch,
+                               c.max_new_tokens, share_prompts=c.share_prompts)
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.max_grad_norm)
         if not torch.isfinite(grad_norm):
             raise FloatingPointError(f"rl step {self.step_num + 1}: gradient norm is {float(grad_norm)} (loss {st.get('loss')})")

@@ -49,12 +49,13 @@ def _inputs(batch: RolloutBatch, mb: list[int]):
 
 
 def update_policy(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pad_id: int, temperature: float,
-                  sequences_per_microbatch: int, max_new_tokens: int) -> dict:
+                  sequences_per_microbatch: int, max_new_tokens: int, share_prompts: bool = True) -> dict:
     """Backward the policy loss (+ KL-in-loss, + entropy bonus) of sequences `idx`; returns stats."""
     red = dict(num_tokens=batch.loss_mask[idx].sum().clamp_min(1), num_seqs=len(idx), fixed_length=max_new_tokens)
     total: dict = {}
     for mb in microbatches(idx, sequences_per_microbatch):
-        logp, ent = policy_forward(model, *_inputs(batch, mb), pad_id, temperature, "grad" if alg.entropy_coef else "no_grad")
+        logp, ent = policy_forward(model, *_inputs(batch, mb), pad_id, temperature, "grad" if alg.entropy_coef else "no_grad",
+                                   share_prompts)
         m = batch.loss_mask[mb]
         old = batch.old_logp[mb] if batch.old_logp is not None else logp.detach()
         pl, st = policy_loss(alg.loss, logp, old, batch.advantages[mb], m, clip_low=alg.clip_low,
@@ -119,14 +120,14 @@ def dpo_pairs(batch: RolloutBatch, idx: list[int]) -> list[tuple[int, int]]:
 
 
 def update_dpo(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pad_id: int, temperature: float,
-               sequences_per_microbatch: int, samples_per_prompt: int) -> dict:
+               sequences_per_microbatch: int, samples_per_prompt: int, share_prompts: bool = True) -> dict:
     """Online DPO: backward the DPO loss of on-policy (best, worst) pairs, averaged over pairs."""
     pairs = dpo_pairs(batch, idx)
     total: dict = {"pairs": 0.0}
     loss_fn = PREFERENCE_LOSSES.get("dpo")
     for chunk in microbatches(pairs, max(1, sequences_per_microbatch // 2)):
         mb = [c for c, _ in chunk] + [r for _, r in chunk]
-        logp, _ = policy_forward(model, *_inputs(batch, mb), pad_id, temperature, "none")
+        logp, _ = policy_forward(model, *_inputs(batch, mb), pad_id, temperature, "none", share_prompts)
         m = batch.loss_mask[mb]
         seq = (logp * m).sum(-1)
         ref = (batch.ref_logp[mb] * m).sum(-1)
