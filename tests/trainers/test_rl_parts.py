@@ -185,3 +185,19 @@ def test_shared_prompt_forward_equals_the_full_forward_in_values_and_gradients(n
         lp1, _ = policy_forward(model, [a, a], one[0], one[1], tok.pad_token_id, 1.0, "none")
         want = naive_token_logprobs(model(input_ids=torch.tensor([a])).logits[0, -1:], torch.tensor([50]))
         assert lp1[:, 0].tolist() == pytest.approx([float(want[0])] * 2, abs=1e-5)
+
+
+def test_shared_prompt_forward_falls_back_when_the_model_gives_no_cache(tiny):
+    model, tok = tiny
+    prompts = [[1, 20, 21], [1, 20, 21]]
+    ids, tmask, _, _, _ = collate_completions([Completion([50, 51], [0.0, 0.0], "stop")] * 2, tok.pad_token_id, False)
+    with torch.no_grad():
+        want, _ = policy_forward(model, prompts, ids, tmask, tok.pad_token_id, 1.0, "none", share_prompts=False)
+        model.gradient_checkpointing_enable()  # training with it, transformers drops use_cache=True
+        model.train()
+        try:
+            got, _ = policy_forward(model, prompts, ids, tmask, tok.pad_token_id, 1.0, "none")
+        finally:
+            model.gradient_checkpointing_disable()
+            model.eval()
+    assert torch.allclose(got, want, atol=1e-5)

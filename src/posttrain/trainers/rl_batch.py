@@ -183,6 +183,12 @@ def _layout(prompt_ids: list[list[int]], completion: torch.Tensor, token_mask: t
     return ids, attn, pos, p_ids.shape[1]
 
 
+def _full_logits(model, prompt_ids, completion, token_mask, pad_id: int) -> torch.Tensor:
+    ids, attn, pos, P = _layout(prompt_ids, completion, token_mask, pad_id)
+    T = completion.shape[1]  # only the last T + 1 positions' logits are needed (no LM head on the prompt)
+    return model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :T]
+
+
 def completion_logits(model, prompt_ids, completion, token_mask, pad_id: int, share_prompts: bool = True) -> torch.Tensor:
     """(b, T, V) logits that score the T completion tokens (position t's logits predict token t).
 
@@ -197,17 +203,17 @@ def completion_logits(model, prompt_ids, completion, token_mask, pad_id: int, sh
     index: dict[tuple, int] = {}
     rows = [index.setdefault(tuple(p), len(index)) for p in prompt_ids]
     if not share_prompts or len(index) == len(rows):
-        ids, attn, pos, P = _layout(prompt_ids, completion, token_mask, pad_id)
-        # only the last T + 1 positions' logits are needed (no LM head on the prompt)
-        return model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :T]
+        return _full_logits(model, prompt_ids, completion, token_mask, pad_id)
     ids, attn = _left_padded(list(index), pad_id)
     pos = (attn.cumsum(-1) - 1).clamp_min(0)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+    past = out.past_key_values
+    if past is None:  # the model gave no cache (e.g. gradient checkpointing turns it off): no sharing
+        return _full_logits(model, prompt_ids, completion, token_mask, pad_id)
     sel = torch.tensor(rows, dtype=torch.long)
     first = out.logits[:, -1][sel].unsqueeze(1)
     if T == 1:
         return first
-    past = out.past_key_values
     past.batch_select_indices(sel)  # differentiable gather: rows of a group share their prompt's states
     c_ids = torch.where(token_mask, completion, torch.full_like(completion, pad_id))[:, : T - 1]
     c_attn = torch.cat([attn[sel], token_mask[:, : T - 1].long()], dim=1)
