@@ -36,7 +36,7 @@ class DemoConfig:
     task: str = "addition:scratchpad=2"  # 3-digit addition, one column per line with the running result, then "#### sum"
     model: str = "tiny-llama:d=128,l=4,h=4"
     seed: int = 0
-    sft_steps: int = 700  # the schedule's length; SFT stops early at sft_target_accuracy
+    sft_steps: int = 1000  # the schedule's length; SFT stops early at sft_target_accuracy
     sft_target_accuracy: float = 0.95
     sft_eval_every: int = 50
     sft_lr: float = 3e-3
@@ -47,7 +47,8 @@ class DemoConfig:
     dpo_problems: int = 640  # problems whose right solution is paired with the model's own wrong sample
     dpo_lr: float = 2e-5
     rl_steps: int = 30
-    rl_lr: float = 2e-4
+    rl_lr: float = 1e-4
+    rl_warmup_steps: int = 10  # linear warm-up: Adam's first steps move every weight by the full lr
     # test-time scaling (stage "scaling"): weak SFT checkpoint + PRM from the final SFT model
     scaling_weak_accuracy: float = 0.3  # the SFT step closest to this held-out accuracy is the policy searched
     scaling_snapshot_every: int = 10  # SFT steps between the candidates (kept after the last eval below it)
@@ -152,7 +153,7 @@ def _rl_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
         algo="grpo",
         model=ModelConfig(name=cfg.model),
         data=DataConfig(path=f"task:{cfg.task}", train_rows=2000, eval_rows=cfg.eval_problems),
-        optim=OptimConfig(lr=cfg.rl_lr, schedule="constant"),
+        optim=OptimConfig(lr=cfg.rl_lr, schedule="constant", warmup_steps=cfg.rl_warmup_steps),
         train=TrainConfig(out=str(run_dir / "rl"), max_steps=cfg.rl_steps, seed=cfg.seed, progress=cfg.progress),
         rl=RLOptions(prompts_per_step=16, samples_per_prompt=8, max_new_tokens=64, show_every=10),
     )
