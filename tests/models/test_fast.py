@@ -41,7 +41,7 @@ def test_prefill_and_decode_logits_equal_the_hf_forward(name):
     ids, mask, pos = _batch()
     dec = LeanDecoder(model)
     with torch.no_grad():
-        got = dec.prefill(ids, pos, mask.bool(), capacity=ids.shape[1] + 6)
+        got = dec.prefill(ids, mask, pos, capacity=ids.shape[1] + 6)
         full, m, last = ids, mask, pos[:, -1]
         want = model(input_ids=full, attention_mask=m, position_ids=pos).logits[:, -1]
         assert torch.allclose(got, want, atol=1e-5)
@@ -52,7 +52,7 @@ def test_prefill_and_decode_logits_equal_the_hf_forward(name):
             m = torch.cat([m, torch.ones(len(tok), 1, dtype=torch.long)], 1)
             last = last + 1
             all_pos = torch.cat([all_pos, last[:, None]], 1)
-            got = dec.decode(tok, last, m.bool(), ids.shape[1] + t)
+            got = dec.decode(tok, m, last)
             want = model(input_ids=full, attention_mask=m, position_ids=all_pos).logits[:, -1]  # no cache at all
             assert torch.allclose(got, want, atol=1e-5), (t, (got - want).abs().max())
 
@@ -65,13 +65,13 @@ def test_refresh_follows_weight_updates_and_rows_can_be_repeated_and_dropped():
     with torch.no_grad():
         model.model.layers[0].self_attn.k_proj.weight.mul_(3.0)  # an in-place update, as an optimizer makes
         dec.refresh()
-        first = dec.prefill(ids, pos, mask.bool(), capacity=ids.shape[1] + 1)
+        first = dec.prefill(ids, mask, pos, capacity=ids.shape[1] + 1)
         assert torch.allclose(first, model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1], atol=1e-5)
         dec.repeat_rows(2)  # rows 0,0,1,1,2,2
         dec.select_rows(torch.tensor([1, 4]))  # keep a copy of prompt 0 and of prompt 2
         tok = torch.tensor([11, 12])
         m2 = torch.cat([mask[[0, 2]], torch.ones(2, 1, dtype=torch.long)], 1)
-        got = dec.decode(tok, pos[[0, 2], -1] + 1, m2.bool(), ids.shape[1])
+        got = dec.decode(tok, m2, pos[[0, 2], -1] + 1)
         full = torch.cat([ids[[0, 2]], tok[:, None]], 1)
         want = model(input_ids=full, attention_mask=m2, position_ids=(m2.cumsum(-1) - 1).clamp_min(0)).logits[:, -1]
         assert torch.allclose(got, want, atol=1e-5)

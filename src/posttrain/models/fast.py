@@ -8,9 +8,10 @@ tiny model that machinery was a third of a decode step (the lean path is 1.48x t
 there); on SmolLM2 the matmuls dominate and the two are even.
 
 `LeanDecoder` packs the weights once (q/k/v and gate/up fused into one matrix each, re-packed with
-`refresh()` after an optimizer step), keeps a preallocated KV cache, and exposes two calls:
-``prefill(ids, positions, mask)`` and ``decode(tokens, positions, mask)``. Both return the last
-position's logits in fp32. Outputs equal the Hugging Face forward to fp32 rounding (tested: logits at
+`refresh()` after an optimizer step), keeps a preallocated KV cache and how much of it is filled, and
+speaks the rollout engine's runner calls: ``prefill(ids, mask, positions, capacity)``,
+``decode(tokens, mask, positions)``, ``repeat_rows``, ``select_rows``. Both forward calls return the
+last position's logits in fp32. Outputs equal the Hugging Face forward to fp32 rounding (tested: logits at
 every step against an uncached forward, with q/k/v and MLP biases too; sampled tokens through the
 rollout engine).
 
@@ -40,8 +41,8 @@ def supports(model) -> bool:
 class LeanDecoder:
     """Prefill + single-token decode over a model's weights with a preallocated KV cache.
 
-    Shapes: B rows, S new positions written after the ``start`` cached ones; mask: (B, >= start + S)
-    bool, the cache positions a row may attend to (left padding excluded); positions: (B, S) long.
+    Shapes: B rows, S new positions written after the ``filled`` cached ones; mask: (B, filled + S),
+    the cache positions a row may attend to (left padding excluded, bool or 0/1); positions: (B, S) long.
     """
 
     def __init__(self, model):
@@ -54,6 +55,7 @@ class LeanDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.refresh()
         self.k = self.v = None
+        self.filled = 0
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -112,17 +114,19 @@ class LeanDecoder:
         return self.model.lm_head(inner.norm(x[:, -1])).float()
 
     @torch.no_grad()
-    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, capacity: int) -> torch.Tensor:
-        B, self.capacity = ids.shape[0], capacity
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, capacity: int) -> torch.Tensor:
         w = self.model.lm_head.weight
-        shape = (B, self.n_kv, capacity, self.head_dim)
+        shape = (ids.shape[0], self.n_kv, capacity, self.head_dim)
         self.k = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in self.layers]
         self.v = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in self.layers]
-        return self._run(ids, positions, mask, 0)
+        self.filled = ids.shape[1]
+        return self._run(ids, positions, mask.bool(), 0)
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
-        return self._run(tokens.view(-1, 1), positions.view(-1, 1), mask, start)
+    def decode(self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        logits = self._run(tokens.view(-1, 1), positions.view(-1, 1), mask.bool(), self.filled)
+        self.filled += 1
+        return logits
 
     def repeat_rows(self, copies: int) -> None:
         self.k = [t.repeat_interleave(copies, dim=0) for t in self.k]

@@ -62,8 +62,8 @@ class HFEngine:
         per_batch = max(1, self.sequences_per_batch // copies)
         was_training = self.model.training
         self.model.eval()
-        # weights are packed once per call: the live module may have been updated in place since the last
-        runner = _LeanRunner(self.model) if self.lean and fast.supports(self.model) else _HFRunner(self.model)
+        # packed once per call: the live module may have been updated in place since the last call
+        runner = fast.LeanDecoder(self.model) if self.lean and fast.supports(self.model) else _HFRunner(self.model)
         try:
             for s in range(0, len(order), per_batch):
                 idx = order[s : s + per_batch]
@@ -149,7 +149,8 @@ class HFEngine:
 
 
 class _HFRunner:
-    """The Hugging Face forward with its dynamic cache (any causal LM, peft-wrapped ones included)."""
+    """The Hugging Face forward with its dynamic cache (any causal LM, peft-wrapped ones included),
+    behind the same calls as `fast.LeanDecoder`: prefill, decode, repeat_rows, select_rows."""
 
     def __init__(self, model):
         self.model, self.past = model, None
@@ -170,25 +171,3 @@ class _HFRunner:
 
     def select_rows(self, keep) -> None:
         self.past.batch_select_indices(keep)
-
-
-class _LeanRunner:
-    """`fast.LeanDecoder` behind the same calls; its cache is preallocated to the batch's capacity."""
-
-    def __init__(self, model):
-        self.dec, self.filled = fast.LeanDecoder(model), 0
-
-    def prefill(self, ids, mask, pos, capacity: int) -> torch.Tensor:
-        self.filled = ids.shape[1]
-        return self.dec.prefill(ids, pos, mask.bool(), capacity)
-
-    def decode(self, tok, mask, pos) -> torch.Tensor:  # mask covers the cache filled so far + this token
-        logits = self.dec.decode(tok, pos, mask.bool(), self.filled)
-        self.filled += 1
-        return logits
-
-    def repeat_rows(self, copies: int) -> None:
-        self.dec.repeat_rows(copies)
-
-    def select_rows(self, keep) -> None:
-        self.dec.select_rows(keep)
