@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import traceback
 from typing import Callable
 
 from posttrain.config import ALIASES, ConfigError, load_config, parse_overrides, valid_keys
+from posttrain.errors import UserError
 
 STAGES: dict[str, tuple[str, Callable]] = {}
 
@@ -116,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<8} {help}")
         print("\n`posttrain STAGE --help` lists a stage's options and defaults.")
         return 0
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv:
+        return main(["--help"])
     name, rest = argv[0], argv[1:]
     if name not in STAGES:
         import difflib
@@ -125,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return STAGES[name][1](rest) or 0
-    except ConfigError as e:
-        print(f"posttrain {name}: config error: {e}", file=sys.stderr)
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        kind = "config error: " if isinstance(e, ConfigError) else ""
+        print(f"posttrain {name}: {kind}{e}" + ("" if debug else "  (--debug shows the traceback)"), file=sys.stderr)
         return 2
 
 

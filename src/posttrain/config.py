@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from posttrain.errors import UserError
+
 ALIASES = {
     "model": "model.name",
     "data": "data.path",
@@ -29,7 +31,7 @@ ALIASES = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from posttrain.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A bad input row or file; the message names the source, the row and the field."""
 
 
