@@ -1,19 +1,31 @@
 """Atomic checkpoints that resume exactly.
 
 A checkpoint folder holds the model in Hugging Face format (or the LoRA adapter), the tokenizer, and
-`trainer_state.pt` (optimizer, scheduler, RNG states, data position, step). It is written under a
-temporary name and renamed into place, then the `latest` pointer is replaced atomically, so a crash
-mid-save never leaves a broken "latest" and never touches the previous checkpoint.
+`trainer_state.pt` (optimizer, scheduler, RNG states, data position, step). A save writes everything
+under a temporary name, fsyncs every file and the folder, and only then renames it into place and
+replaces the `latest` pointer (itself written to a temporary file, fsynced and renamed). So a kill at
+any point leaves either the previous checkpoint or the new one as `latest`, never a torn one:
+
+- re-saving a step that already exists moves the old folder aside (``.old-step-N``) before the new
+  one is renamed in, and deletes it afterwards; a kill between the two renames is repaired on the
+  next read (`latest_checkpoint` puts the aside folder back);
+- a `latest` that names a missing folder falls back to the newest complete ``step-*`` folder;
+- temporary folders of killed saves are removed by the next save or resume (`clean_temporary`).
+Saving the step that is already the latest checkpoint is skipped unless ``resave=True`` (a run
+whose `max_steps` is a multiple of `save_every` used to write its last step twice).
 """
 from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+
+_STEP = re.compile(r"step-(\d{7})$")
 
 
 def rng_state() -> dict:
@@ -26,69 +38,153 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with open(Path(dirpath) / name, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old or the new content, never a torn file."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
+def torch_save_atomic(obj, path: Path) -> None:
+    """`torch.save` through a temporary file, fsynced and renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def clean_temporary(run_dir: Path) -> list[str]:
+    """Remove what killed saves left behind (temporary checkpoint folders and files); returns their names."""
+    ckdir = Path(run_dir) / "checkpoints"
+    gone = []
+    for root in (Path(run_dir), ckdir):
+        if not root.is_dir():
+            continue
+        for p in root.iterdir():
+            if p.name.startswith((".tmp-step-", ".old-step-")) or (p.name.startswith(".") and ".tmp-" in p.name):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                gone.append(p.name)
+    return gone
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """Steps of the complete checkpoints in `run_dir`, ascending."""
+    ckdir = Path(run_dir) / "checkpoints"
+    if not ckdir.is_dir():
+        return []
+    steps = [int(m.group(1)) for p in ckdir.iterdir() if (m := _STEP.match(p.name)) and (p / "trainer_state.pt").exists()]
+    return sorted(steps)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2, resave: bool = False) -> Path:
     """Write checkpoint `step` atomically; `state` is any torch-serialisable dict (optimizer, ...)."""
     ckdir = Path(run_dir) / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     final = ckdir / f"step-{step:07d}"
+    current = latest_checkpoint(run_dir)  # also repairs an interrupted re-save
+    if current == final and not resave:
+        return final
+    clean_temporary(run_dir)
     tmp = ckdir / f".tmp-step-{step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    from posttrain.models.lora import save_model  # lazy: keeps `import posttrain.checkpoint` light
+
+    save_model(model, tmp, run_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / "trainer_state.pt")
-    if final.exists():  # re-saving the same step: move the old one aside first
-        shutil.rmtree(final)
+    _fsync_tree(tmp)
+    aside = ckdir / f".old-step-{step:07d}"
+    if final.exists():  # re-saving the same step: move the old one aside first, delete it last
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(final, aside)
     os.rename(tmp, final)
-    _write_text_atomic(ckdir / "latest", final.name)
+    _fsync_dir(ckdir)
+    write_text_atomic(ckdir / "latest", final.name)
+    shutil.rmtree(aside, ignore_errors=True)
     _prune(ckdir, keep, final.name)
     return final
 
 
 def _prune(ckdir: Path, keep: int, latest: str) -> None:
-    done = sorted(p for p in ckdir.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    done = sorted(p for p in ckdir.iterdir() if p.is_dir() and _STEP.match(p.name))
     for p in done[:-keep] if keep > 0 else []:
         if p.name != latest:
             shutil.rmtree(p, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint `latest` names; an interrupted re-save is put back, and a pointer to a missing
+    folder falls back to the newest complete one. None when the run has no complete checkpoint."""
     ckdir = Path(run_dir) / "checkpoints"
     ptr = ckdir / "latest"
-    if not ptr.exists():
-        return None
-    path = ckdir / ptr.read_text().strip()
-    return path if (path / "trainer_state.pt").exists() else None
+    if ptr.exists():
+        name = ptr.read_text().strip()
+        path, aside = ckdir / name, ckdir / f".old-{name}"
+        if not (path / "trainer_state.pt").exists() and (aside / "trainer_state.pt").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            os.rename(aside, path)  # killed between moving the old folder aside and renaming the new one in
+        if (path / "trainer_state.pt").exists():
+            return path
+    steps = checkpoint_steps(run_dir)
+    return ckdir / f"step-{steps[-1]:07d}" if steps else None
 
 
 def load_state(path: Path) -> dict:
     return torch.load(Path(path) / "trainer_state.pt", weights_only=False)
 
 
-def restore_checkpoint(run_dir: Path, model, optimizer, scheduler) -> dict | None:
+def set_peak_lr(optimizer, scheduler, lr: float) -> None:
+    """Give a restored `LambdaLR` schedule the peak lr `lr`, and the optimizer its current value."""
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    factors = [fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas]
+    for group, f in zip(optimizer.param_groups, factors):
+        group["initial_lr"], group["lr"] = lr, lr * f
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def restore_checkpoint(run_dir: Path, model, optimizer, scheduler, lr: float | None = None) -> dict | None:
     """Load the latest checkpoint of `run_dir` into the live model, optimizer and scheduler, and set
-    the RNG states. Returns the saved state (``step``, ``data`` and any trainer extras), or None
-    (with a warning) when there is nothing to resume."""
-    from posttrain.logging import console, warn
+    the RNG states. `lr` (the run's configured peak lr) replaces the checkpoint's, so a changed lr
+    that `prepare_run` applied takes effect at once. Returns the saved state (``step``, ``data`` and any trainer extras). No checkpoint
+    is a `UserError` (`posttrain.runs.prepare_run` has said so before any model was loaded)."""
+    from posttrain.errors import UserError
+    from posttrain.logging import console
     from posttrain.trainers.weights import load_weights_into
 
     ck = latest_checkpoint(run_dir)
     if ck is None:
-        warn(f"--resume: no checkpoint in {run_dir}; starting from scratch")
-        return None
+        raise UserError(f"--resume: no checkpoint in {run_dir}")
     load_weights_into(model, ck)
     state = load_state(ck)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if lr is not None:
+        set_peak_lr(optimizer, scheduler, lr)
     set_rng_state(state["rng"])
     console.print(f"resumed from {ck} at step {state['step']}")
     return state

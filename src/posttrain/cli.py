@@ -8,12 +8,11 @@ Every stage takes `--config FILE.yaml` and `--key value` overrides (dotted keys 
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import traceback
 from typing import Callable
 
-from posttrain.config import ALIASES, ConfigError, load_config, parse_overrides, valid_keys
+from posttrain.config import ConfigError, load_config, parse_overrides
 from posttrain.errors import UserError
 
 STAGES: dict[str, tuple[str, Callable]] = {}
@@ -27,19 +26,27 @@ def stage(name: str, help: str):
     return deco
 
 
+def _print_options(cfg_cls) -> None:
+    from posttrain.config import describe_options
+
+    print("options (also settable in --config YAML; --debug shows tracebacks):\n  --config FILE")
+    print("\n".join(describe_options(cfg_cls)))
+
+
 def _run_config_stage(cfg_cls, runner, args: list[str]):
     if args and args[0] in ("-h", "--help"):
-        print("options (also settable in --config YAML):\n  --config FILE")
-        defaults = dataclasses.asdict(cfg_cls())
-        for key in valid_keys(cfg_cls):
-            node = defaults
-            for part in key.split("."):
-                node = node[part]
-            alias = next((a for a, k in ALIASES.items() if k == key), None)
-            print(f"  --{key:<38} {node!r}" + (f"   (alias --{alias.replace('_', '-')})" if alias else ""))
+        _print_options(cfg_cls)
         return 0
     overrides = parse_overrides(args)
-    cfg = load_config(cfg_cls, overrides.pop("config", None), overrides)
+    yaml_path = overrides.pop("config", None)
+    cfg = load_config(cfg_cls, yaml_path, overrides)
+    train = getattr(cfg, "train", None)
+    if getattr(train, "resume", False) and hasattr(train, "overwrite"):
+        from posttrain.runs import saved_config
+
+        saved = saved_config(cfg_cls, train.out)
+        if saved is not None:  # resume from the run's own options; only what is given here changes them
+            cfg = load_config(cfg_cls, yaml_path, overrides, base=saved)
     return runner(cfg)
 
 
@@ -74,19 +81,36 @@ STAGE_MODULES = {
     "prm": "posttrain.trainers.prm",
     "eval": "posttrain.eval.harness",
     "search": "posttrain.search.cli",
+    "export": "posttrain.export",
 }
 
 
-def _load_optional_stages() -> None:
-    import importlib.util
+# Stages whose config lives in the torch-free `posttrain.configs`: `--help` never imports torch.
+STAGE_CONFIGS = {"sft": "SFTConfig", "rm": "RewardConfig", "dpo": "PreferenceConfig", "rl": "RLConfig",
+                 "prm": "PRMConfig", "eval": "EvalConfig", "search": "SearchConfig", "export": "ExportConfig"}
 
-    for name, mod in sorted(STAGE_MODULES.items(), key=lambda kv: list(STAGE_MODULES).index(kv[0])):
-        if name in STAGES or importlib.util.find_spec(mod) is None:
+
+def _module_file(mod: str):
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.joinpath(*mod.split(".")[1:]).with_suffix(".py")
+
+
+def _load_optional_stages() -> None:
+    for name, mod in STAGE_MODULES.items():
+        if name in STAGES or not _module_file(mod).exists():
             continue
 
-        def runner(args, mod=mod):
+        def runner(args, mod=mod, name=name):
             import importlib
 
+            if args and args[0] in ("-h", "--help"):
+                import posttrain.configs as configs
+
+                cls = getattr(configs, STAGE_CONFIGS.get(name, ""), None)
+                if cls is not None:
+                    _print_options(cls)
+                    return 0
             m = importlib.import_module(mod)
             return _run_config_stage(m.CONFIG, lambda cfg: m.run(cfg) is not None and 0, args)
 
@@ -96,11 +120,9 @@ def _load_optional_stages() -> None:
 def _stage_help(mod: str) -> str:
     """The module's HELP line, read from its source without importing it."""
     import ast
-    import importlib.util
 
-    spec = importlib.util.find_spec(mod)
     try:
-        tree = ast.parse(open(spec.origin).read())
+        tree = ast.parse(_module_file(mod).read_text())
         for node in tree.body:
             if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "HELP" for t in node.targets):
                 return ast.literal_eval(node.value)
@@ -131,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return STAGES[name][1](rest) or 0
+    except KeyboardInterrupt:
+        print(f"posttrain {name}: interrupted (a training stage saved a checkpoint first; continue with --resume)", file=sys.stderr)
+        return 130
     except UserError as e:
         if debug:
             traceback.print_exc()

@@ -4,6 +4,11 @@ A stage config is a dataclass of component dataclasses (model, data, optim, trai
 addressed as ``section.field`` (``optim.lr``); the common flags have short aliases spelled the same
 on every stage (``--model``, ``--data``, ``--out``, ``--max-steps``, ``--resume``, ``--lr``, ``--seed``).
 A key that does not exist is an error naming it and the closest valid key.
+
+Precedence: the stage's own defaults (each section's ``default_factory``, e.g. ``posttrain rl`` has
+lr 1e-5) <- the YAML file <- command-line overrides. A field's trailing ``# comment`` is its
+``--help`` line; a ``Literal[...]`` type lists its choices (checked), and ``ranged(...)`` bounds a
+number (checked), so a zero batch size or a negative lr is a config error, not a silent no-op.
 """
 from __future__ import annotations
 
@@ -35,6 +40,21 @@ class ConfigError(UserError, ValueError):
     pass
 
 
+def ranged(default, *, ge=None, gt=None, le=None):
+    """A numeric field with bounds, checked when a config is built: ``lr: float = ranged(1e-3, gt=0)``."""
+    return dataclasses.field(default=default, metadata={"ge": ge, "gt": gt, "le": le})
+
+
+def _check_range(value, f: dataclasses.Field, key: str) -> None:
+    if value is None or not f.metadata or isinstance(value, bool):
+        return
+    ge, gt, le = f.metadata.get("ge"), f.metadata.get("gt"), f.metadata.get("le")
+    bad = (ge is not None and value < ge) or (gt is not None and value <= gt) or (le is not None and value > le)
+    if bad or (isinstance(value, float) and value != value):
+        parts = [f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "", f"<= {le}" if le is not None else ""]
+        raise ConfigError(f"config key '{key}': {value!r} is out of range (expected {' and '.join(p for p in parts if p)})")
+
+
 def _fields(cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 
@@ -57,6 +77,14 @@ def _resolve_type(cls, f):
 
 def _coerce(value: Any, typ, key: str):
     origin = typing.get_origin(typ)
+    if origin is typing.Literal:
+        choices = typing.get_args(typ)
+        v = str(value)
+        if v not in choices:
+            close = difflib.get_close_matches(v, choices, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {'|'.join(choices)}{hint}")
+        return v
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
@@ -113,16 +141,20 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def build(cls, tree: dict, prefix: str = ""):
+def build(cls, tree: dict, prefix: str = "", base=None):
+    """`base` (default: ``cls()``, i.e. the stage's own section defaults) with the values of `tree` on
+    top. A section keeps its stage default (``field(default_factory=...)``) unless a key overrides it."""
+    base = cls() if base is None else base
     kwargs = {}
     for name, f in _fields(cls).items():
         typ = _resolve_type(cls, f)
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(typ):
-            kwargs[name] = build(typ, tree.get(name, {}), key + ".")
+            kwargs[name] = build(typ, tree.get(name, {}), key + ".", getattr(base, name))
         elif name in tree:
             kwargs[name] = _coerce(tree[name], typ, key)
-    return cls(**kwargs)
+        _check_range(kwargs.get(name, getattr(base, name)), f, key)
+    return dataclasses.replace(base, **kwargs)
 
 
 def _resolve_alias(cls, key: str) -> str:
@@ -130,20 +162,125 @@ def _resolve_alias(cls, key: str) -> str:
     return target if target is not None and target in valid_keys(cls) else key
 
 
-def load_config(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None):
-    """Defaults <- YAML file <- overrides (dotted keys or aliases)."""
+def read_yaml(path: str | Path) -> dict:
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_config(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None, base=None):
+    """Stage defaults (or `base`) <- YAML file <- overrides (dotted keys or aliases)."""
     tree: dict = {}
     if yaml_path is not None:
-        with open(yaml_path) as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{yaml_path}: expected a mapping at the top level")
-        for k, v in _flatten(raw).items():
+        for k, v in _flatten(read_yaml(yaml_path)).items():
             _set(tree, _resolve_alias(cls, k), v, cls, f"{k} (in {yaml_path})")
     for k, v in (overrides or {}).items():
         k = k.replace("-", "_")
         _set(tree, _resolve_alias(cls, k), v, cls, k)
-    return build(cls, tree)
+    return build(cls, tree, base=base)
+
+
+def from_dict(cls, tree: dict, where: str = "config"):
+    """A config from a nested dict such as ``to_dict`` wrote (keys checked, values coerced)."""
+    flat: dict = {}
+    for k, v in _flatten(tree).items():
+        _set(flat, k, v, cls, f"{k} (in {where})")
+    return build(cls, flat)
+
+
+def flat_dict(cfg) -> dict[str, Any]:
+    """``{"optim.lr": 1e-3, ...}`` for every leaf of a config (tuples as lists)."""
+    out = {}
+    for k, v in _flatten(to_dict(cfg)).items():
+        out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def dump_yaml(cfg) -> str:
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    return yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each field's help: its trailing ``# comment``, else the comment lines right above it."""
+    import inspect
+    import io
+    import re
+    import tokenize
+
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, tuple[str, bool]] = {}  # line index -> (text, trailing)
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0] - 1] = (tok.string.lstrip("#").strip(), tok.line.strip() != tok.string.strip())
+    names = set(_fields(cls))
+    docs: dict[str, str] = {}
+    for i, line in enumerate(src.splitlines()):
+        m = re.match(r"    (\w+)\s*:", line)
+        if not m or m.group(1) not in names:
+            continue
+        if i in comments and comments[i][1]:
+            docs[m.group(1)] = comments[i][0]
+            continue
+        above, j = [], i - 1
+        while j in comments and not comments[j][1]:
+            above.insert(0, comments[j][0])
+            j -= 1
+        if above:
+            docs[m.group(1)] = " ".join(above)
+    return docs
+
+
+def choices_of(cls, key: str) -> tuple[str, ...]:
+    """The allowed values of an enumerated (``Literal``) key, else ()."""
+    node = cls
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = _resolve_type(node, _fields(node)[p])
+    typ = _resolve_type(node, _fields(node)[leaf])
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    return typing.get_args(typ) if typing.get_origin(typ) is typing.Literal else ()
+
+
+def describe_options(cls) -> list[str]:
+    """One help line per option: key, default, alias, what it does, and its choices or range."""
+    defaults = flat_dict(cls())
+    lines = []
+    for key in valid_keys(cls):
+        *parents, leaf = key.split(".")
+        node = cls
+        for p in parents:
+            node = _resolve_type(node, _fields(node)[p])
+        f = _fields(node)[leaf]
+        doc = field_docs(node).get(leaf, "")
+        choices = choices_of(cls, key)
+        if choices and not all(c in doc for c in choices):
+            doc = f"{doc} ({'|'.join(choices)})" if doc else "|".join(choices)
+        bounds = [f">= {f.metadata['ge']}" if f.metadata.get("ge") is not None else "",
+                  f"> {f.metadata['gt']}" if f.metadata.get("gt") is not None else "",
+                  f"<= {f.metadata['le']}" if f.metadata.get("le") is not None else ""]
+        bounds = " and ".join(b for b in bounds if b)
+        if bounds:
+            doc = f"{doc} [{bounds}]" if doc else f"[{bounds}]"
+        alias = next((a for a, k in ALIASES.items() if k == key), None)
+        name = f"--{key}" + (f" (--{alias.replace('_', '-')})" if alias else "")
+        lines.append(f"  {name:<40} {defaults[key]!r:<14} {doc}".rstrip())
+    return lines
 
 
 def to_dict(cfg) -> dict:

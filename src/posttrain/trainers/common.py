@@ -6,7 +6,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -14,55 +14,7 @@ import torch
 
 from posttrain.data import encode_prompt
 from posttrain.rollout import HFEngine, SamplingParams
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "tiny-llama"
-    trust_remote_code: bool = False
-    lora_rank: int = 0  # 0 = full fine-tuning
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    gradient_checkpointing: bool = False
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    path: str = "task:addition"  # a file/folder, or task:NAME[:k=v,...] for a built-in task
-    eval_path: str = ""  # empty: the task's held-out split (tasks) or none
-    kind: str = ""  # empty: detect from the columns
-    columns: dict[str, str] = field(default_factory=dict)  # source column -> posttrain field
-    on_error: str = "raise"  # or "skip" (bad rows are counted and reported)
-    max_length: int = 512
-    train_rows: int = 20000  # rows generated for a task / read at most from a file
-    eval_rows: int = 200
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    warmup_steps: int = 0
-    schedule: str = "cosine"  # cosine | constant
-    min_lr_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    out: str = "runs/run"
-    max_steps: int = 100
-    seed: int = 0
-    resume: bool = False
-    eval_every: int = 0  # 0: only at the end
-    save_every: int = 0  # 0: only at the end
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    loggers: tuple[str, ...] = ("jsonl",)
-    progress: bool = True
+from posttrain.configs import DataConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: F401  (re-exported)
 
 
 def seed_everything(seed: int) -> None:
@@ -200,6 +152,22 @@ def optimizer_step(model, opt, sched, max_grad_norm: float, step: int, loss: flo
     return float(grad_norm), lr
 
 
+@contextmanager
+def saved_on_interrupt(trainer, name: str, step_attr: str = "step"):
+    """Ctrl-C during training saves a checkpoint of the last finished step, then re-raises (the CLI
+    exits 130); `--resume` continues from it."""
+    from posttrain.logging import console
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(f"{name}: interrupted at step {getattr(trainer, step_attr)}; saving a checkpoint (Ctrl-C again to abandon it)")
+        path = trainer.save()
+        trainer.logger.close()
+        console.print(f"{name}: saved {path}; continue with --resume")
+        raise
+
+
 def training_loop(trainer, train_cfg: TrainConfig, name: str, count_key: str, bar_fields, stop=None) -> dict:
     """The outer loop every offline trainer shares: `trainer.train_step()` until `max_steps`, with
     throughput (`<count_key>_per_s`), periodic eval, logging, periodic saves, the progress bar, and an
@@ -211,7 +179,7 @@ def training_loop(trainer, train_cfg: TrainConfig, name: str, count_key: str, ba
 
     last: dict = {}
     t0, done = time.perf_counter(), 0
-    with ProgressBar(train_cfg.max_steps, name, train_cfg.progress, start=trainer.step) as bar:
+    with saved_on_interrupt(trainer, name), ProgressBar(train_cfg.max_steps, name, train_cfg.progress, start=trainer.step) as bar:
         while trainer.step < train_cfg.max_steps:
             m = trainer.train_step()
             done += m[count_key]

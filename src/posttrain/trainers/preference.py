@@ -32,20 +32,22 @@ import dataclasses
 import hashlib
 import json
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
-from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
+from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_peak_lr, set_rng_state, torch_save_atomic
+from posttrain.errors import UserError
+from posttrain.runs import prepare_run
+from posttrain.configs import PreferenceConfig, PreferenceOptions  # noqa: F401  (re-exported)
 from posttrain.data import DataError
 from posttrain.logging import MetricsLogger, console, warn
 from posttrain.losses.preference import PREFERENCE_LOSSES, UNPAIRED_LOSSES, PreferenceLogps, UnpairedLogps, combined_loss
 from posttrain.models import load_model_and_tokenizer
 from posttrain.trainers.common import (
-    DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, apply_lora, build_optimizer,
-    default_verifier, exact_match_eval, optimizer_step, seed_everything, training_loop,
+    DataOrder, apply_lora, build_optimizer, default_verifier, exact_match_eval, optimizer_step, seed_everything,
+    training_loop,
 )
 from posttrain.trainers.pairs import TokenizedPair, first_divergent_step, load_pairs, pair_batch, sequence_batch, sequence_logps, tokenize_pairs
 from posttrain.trainers.pref_data import FallingLogpsMonitor, parse_loss_spec, self_generated_rejections, unpair
@@ -53,46 +55,18 @@ from posttrain.trainers.pref_data import FallingLogpsMonitor, parse_loss_spec, s
 REFERENCE_FREE = {"simpo", "orpo", "sft"}
 
 
-@dataclass(frozen=True)
-class PreferenceOptions:
-    loss_args: dict[str, str] = field(default_factory=dict)  # loss hyper-parameters: gamma=0.5,label_smoothing=0.1
-    pairs_per_step: int = 32
-    pairs_per_microbatch: int = 32
-    reference: str = "cached"  # cached | live
-    reference_pairs_per_batch: int = 64
-    eval_before: bool = True  # evaluate once before training (before/after in the result)
-    eval_max_new_tokens: int = 32
-    falling_logps_window: int = 20  # steps; warn when chosen and rejected logps both fall over it
-    # task data only: draw this many samples per train problem from the starting model and use a wrong
-    # one as the rejected side (self-generated pairs, Pang et al. 2024); 0 keeps the task's synthetic slips
-    self_generated: int = 0
-    self_generated_temperature: float = 1.0
-    # Step-DPO (Lai et al. 2024): keep only each pair's first differing step (shared steps join the prompt)
-    step_pairs: bool = False
-    step_sep: str = "\n"
-
-
-@dataclass(frozen=True)
-class PreferenceConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, schedule="constant"))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/dpo"))
-    pref: PreferenceOptions = field(default_factory=PreferenceOptions)
-    loss: str = "dpo"  # a registered loss, or a weighted mix: dpo:0.8,bco_pair:0.2,sft:1
-    beta: float = 0.1
-
-
 class PreferenceTrainer:
     def __init__(self, cfg: PreferenceConfig, model=None, tokenizer=None):
         self.cfg = cfg
-        seed_everything(cfg.train.seed)
         self.losses = parse_loss_spec(cfg.loss)
+        self.resume_from = prepare_run(cfg, "dpo", (cfg.model.name,))
+        seed_everything(cfg.train.seed)
         self.unpaired = any(name in UNPAIRED_LOSSES for name in self.losses)
         self.hp = {k: float(v) for k, v in cfg.pref.loss_args.items()}
         self.uses_reference = any(name not in REFERENCE_FREE for name in self.losses)
         if cfg.pref.reference not in ("cached", "live"):
             raise ValueError(f"pref.reference must be 'cached' or 'live', got '{cfg.pref.reference}'")
+        self.loaded_model = model is None
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
         if cfg.model.gradient_checkpointing:
@@ -174,36 +148,60 @@ class PreferenceTrainer:
         return logps.view(-1, len(items)).T.contiguous()
 
     def _fingerprint(self) -> str:
-        h = hashlib.sha1(f"{self.cfg.model.name}|{self.cfg.data.max_length}|{self.cfg.loss}".encode())
+        """What the cached reference logps depend on: the starting model, the data (token ids of every
+        item in order), the loss's sequences and the seed of the data order."""
+        h = hashlib.sha1(f"{self.cfg.model.name}|{self.cfg.data.max_length}|{self.cfg.loss}|{self.cfg.train.seed}".encode())
         for it in self.items + self.eval_pairs:
             for ids in self._sequences([it])[1]:
                 h.update(bytes(str(ids), "ascii"))
         return h.hexdigest()[:16]
 
     def _reference_cache(self) -> dict:
-        """Reference logps of the train items this run visits and of the eval pairs (saved, reused on resume)."""
+        """Reference logps of the train items this run visits (for its `max_steps`) and of the eval
+        pairs, saved atomically in the run folder. A resumed run reuses them and computes those of
+        items it had not planned to visit (a larger `--max-steps`); no cached value is ever NaN."""
         path = self.run_dir / "reference_logps.pt"
         fp = self._fingerprint()
-        if path.exists() and self.cfg.train.resume:
+        n = self.cfg.pref.reference_pairs_per_batch
+        width = 2 if self.unpaired and "kto" in self.losses or not self.unpaired else 1
+        cache = None
+        if path.exists() and self.step > 0:
             cache = torch.load(path, weights_only=False)
             if cache["fingerprint"] != fp:
-                raise RuntimeError(f"{path}: cached reference logps are for other data or another model; remove it or resume the matching run")
-            return cache
-        if self.step > 0 and not self.lora:
-            raise RuntimeError(f"{path} is missing: cannot rebuild the reference of a resumed full fine-tuning run")
-        visit = sorted(set(DataOrder(len(self.items), self.cfg.train.seed).take(self.cfg.train.max_steps * self.cfg.pref.pairs_per_step)))
+                raise UserError(f"{path}: cached reference logps are for other data or another model; resume the matching run")
         t0 = time.perf_counter()
-        train = torch.full((len(self.items), 2 if self.unpaired and "kto" in self.losses or not self.unpaired else 1), float("nan"))
-        n = self.cfg.pref.reference_pairs_per_batch
-        for i in range(0, len(visit), n):
-            idx = visit[i : i + n]
-            train[idx] = self.reference_logps([self.items[j] for j in idx])
-        evals = torch.cat([self.reference_logps(self.eval_pairs[i : i + n]) for i in range(0, len(self.eval_pairs), n)]) if self.eval_pairs else None
-        console.print(f"reference logps cached for {len(visit)} train items and {len(self.eval_pairs)} eval pairs in {time.perf_counter() - t0:.1f}s")
-        cache = {"fingerprint": fp, "train": train, "eval": evals}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(cache, path)
+        with self._reference_for_cache() as ref:
+            if cache is None:
+                evals = torch.cat([ref(self.eval_pairs[i : i + n]) for i in range(0, len(self.eval_pairs), n)]) if self.eval_pairs else None
+                cache = {"fingerprint": fp, "train": torch.full((len(self.items), width), float("nan")), "eval": evals}
+            visit = set(DataOrder(len(self.items), self.cfg.train.seed).take(self.cfg.train.max_steps * self.cfg.pref.pairs_per_step))
+            missing = sorted(i for i in visit if torch.isnan(cache["train"][i]).any())
+            for i in range(0, len(missing), n):
+                idx = missing[i : i + n]
+                cache["train"][idx] = ref([self.items[j] for j in idx])
+        if missing:
+            console.print(f"reference logps cached for {len(missing)} train items and {len(self.eval_pairs)} eval pairs "
+                          f"in {time.perf_counter() - t0:.1f}s")
+            torch_save_atomic(cache, path)
         return cache
+
+    @contextmanager
+    def _reference_for_cache(self):
+        """A function items -> reference logps. Before the first step the policy is the reference (or
+        its adapter-disabled base); a resumed full fine-tuning run reloads its starting model."""
+        if self.step == 0 or self.lora or self.ref_model is not None:
+            yield self.reference_logps
+            return
+        if self.loaded_model is False:
+            raise UserError(f"{self.run_dir}: the reference logps this resumed run needs are not cached, and its starting "
+                            "model was passed in from Python; resume through posttrain.cli or pref.reference live")
+        console.print(f"reloading the starting model {self.cfg.model.name} to extend the cached reference logps")
+        model, _ = load_model_and_tokenizer(self.cfg.model.name, trust_remote_code=self.cfg.model.trust_remote_code, seed=self.cfg.train.seed)
+        self.ref_model = model.eval().requires_grad_(False)
+        try:
+            yield self.reference_logps
+        finally:
+            self.ref_model = None
 
     # ------------------------------------------------------------------ loss
 
@@ -322,15 +320,13 @@ class PreferenceTrainer:
 
     def _resume(self) -> None:
         ck = latest_checkpoint(self.run_dir)
-        if ck is None:
-            warn(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
-            return
         from posttrain.trainers.weights import load_weights_into
 
         load_weights_into(self.model, ck)
         st = load_state(ck)
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
+        set_peak_lr(self.opt, self.sched, self.cfg.optim.lr)
         self.order = DataOrder(len(self.items), self.cfg.train.seed, **st["data"])
         self.bco_moments = list(st["bco_moments"])
         self.monitor.history = list(st["monitor"])

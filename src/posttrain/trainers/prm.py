@@ -33,55 +33,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from posttrain.checkpoint import save_checkpoint
+from posttrain.checkpoint import load_state, save_checkpoint, set_peak_lr, set_rng_state
+from posttrain.errors import UserError
+from posttrain.runs import prepare_run
+from posttrain.configs import PRMConfig, PRMOptions  # noqa: F401  (re-exported)
 from posttrain.data import DataError, load_examples, read_rows
-from posttrain.logging import MetricsLogger, ProgressBar, console, warn
+from posttrain.logging import MetricsLogger, console, warn
 from posttrain.losses.reward import prm_step_loss
 from posttrain.models.prm import PRMScorer, ProcessRewardModel, collate_steps, encode_steps, prompt_ids, split_token_steps
 from posttrain.rollout import HFEngine, SamplingParams
-from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, seed_everything
+from posttrain.trainers.common import DataOrder, build_optimizer, seed_everything, training_loop
 
 __all__ = ["PRMOptions", "PRMConfig", "PRMTrainer", "prm800k_rows", "auto_label", "task_prm_rows", "split_token_steps", "run"]
-
-
-@dataclass(frozen=True)
-class PRMOptions:
-    step_sep: str = "\n"
-    sequences_per_step: int = 32
-    sequences_per_microbatch: int = 32
-    labels: str = "soft"  # soft | hard (a label > 0 becomes 1)
-    neutral_label: float = 1.0  # PRM800K rating 0
-    eval_share: float = 0.1  # rows held out for step accuracy
-    # Math-Shepherd automatic labels (task data)
-    policy: str = ""  # the completer that rolls out from each step prefix (a folder); empty: model.name
-    solution_policy: str = ""  # the generator whose solutions are labelled; empty: the completer
-    label_problems: int = 256
-    solutions_per_problem: int = 4
-    rollouts_per_step: int = 8
-    label_temperature: float = 1.0
-    label_max_new_tokens: int = 64
-    # ProcessBench at the end (a split file such as processbench/gsm8k.json); empty: skipped
-    processbench: str = ""
-    processbench_limit: int = 0
-    threshold: float = 0.5
-    # the head also reads each step's log-likelihood under the backbone (`ProcessRewardModel.step_likelihood`)
-    likelihood_features: bool = False
-    freeze_backbone: bool = False  # train the head only (a probe of the backbone's features)
-
-
-@dataclass(frozen=True)
-class PRMConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(path="task:addition:scratchpad=1", train_rows=1000))
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/prm"))
-    prm: PRMOptions = field(default_factory=PRMOptions)
 
 
 _RATING_COLUMNS = {"instruction", "next_response", "rating"}
@@ -210,6 +177,7 @@ class PRMTrainer:
         from posttrain.models import load_model_and_tokenizer
 
         self.cfg = cfg
+        self.resume_from = prepare_run(cfg, "prm", (cfg.model.name, cfg.prm.policy, cfg.prm.solution_policy))
         seed_everything(cfg.train.seed)
         rows = rows if rows is not None else load_prm_rows(cfg, cfg.train.seed)
         if model is None:
@@ -238,7 +206,9 @@ class PRMTrainer:
         self.order = DataOrder(len(self.train_set), cfg.train.seed)
         self.run_dir = Path(cfg.train.out)
         self.step = 0
-        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg))
+        if cfg.train.resume:
+            self._resume()
+        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
 
     def _batch(self, items):
         return collate_steps([e for e, _ in items], self.tokenizer.pad_token_id or 0, [lab for _, lab in items])
@@ -264,7 +234,8 @@ class PRMTrainer:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
-        return {"loss": total / n_steps, "step_accuracy": acc / n_steps, "grad_norm": float(grad_norm), "lr": lr}
+        return {"loss": total / n_steps, "step_accuracy": acc / n_steps, "grad_norm": float(grad_norm), "lr": lr,
+                "sequences": len(items)}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -290,32 +261,36 @@ class PRMTrainer:
         return PRMScorer(self.prm, self.tokenizer, batch_size=batch_size, max_length=self.cfg.data.max_length)
 
     def save(self) -> Path:
-        return save_checkpoint(self.run_dir, self.step, self.prm, self.tokenizer, {"optimizer": self.opt.state_dict()},
-                               self.cfg.train.keep_checkpoints)
+        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
+        return save_checkpoint(self.run_dir, self.step, self.prm, self.tokenizer, state, self.cfg.train.keep_checkpoints)
+
+    def _resume(self) -> None:
+        from posttrain.trainers.weights import load_weights_into
+
+        ck = self.resume_from
+        load_weights_into(self.prm.lm, ck)
+        self.prm.head.load_state_dict(torch.load(ck / "prm_head.pt", weights_only=True))
+        st = load_state(ck)
+        self.opt.load_state_dict(st["optimizer"])
+        if "scheduler" not in st:
+            raise UserError(f"{ck}: a PRM checkpoint of an older posttrain (no scheduler state); it cannot be resumed")
+        self.sched.load_state_dict(st["scheduler"])
+        set_peak_lr(self.opt, self.sched, self.cfg.optim.lr)
+        self.order = DataOrder(len(self.train_set), self.cfg.train.seed, **st["data"])
+        set_rng_state(st["rng"])
+        self.step = st["step"]
+        console.print(f"resumed from {ck} at step {self.step}")
 
     def train(self) -> dict:
         c = self.cfg
         console.print(f"prm config: {json.dumps(dataclasses.asdict(c), default=str)}")
         pos = sum(sum(lab) for _, lab in self.train_set) / max(1, sum(len(lab) for _, lab in self.train_set))
         console.print(f"prm sizes: train rows {len(self.train_set)}, eval rows {len(self.eval_set)}, mean step label {pos:.3f}")
-        last: dict = {}
-        t0 = time.perf_counter()
-        with ProgressBar(c.train.max_steps, "prm", c.train.progress) as bar:
-            while self.step < c.train.max_steps:
-                m = self.train_step()
-                if c.train.eval_every and self.step % c.train.eval_every == 0 and self.step < c.train.max_steps:
-                    m.update(self.evaluate())
-                if self.step % c.train.log_every == 0:
-                    self.logger.log(m, self.step)
-                bar.update(self.step, loss=m["loss"], acc=m["step_accuracy"])
-                last = m
-        final = self.evaluate()
-        self.logger.log({**final, "train_seconds": time.perf_counter() - t0}, self.step)
-        if final:
-            console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+        bar = lambda m: {"loss": m["loss"], "acc": m["step_accuracy"]}  # noqa: E731
+        out = training_loop(self, c.train, "prm", "sequences", bar)
         path = self.save()
         self.logger.close()
-        return {**last, **final, "checkpoint": str(path)}
+        return {**out, "checkpoint": str(path)}
 
 
 HELP = "train a process reward model (PRM800K, stepwise files, or Math-Shepherd auto-labelled task steps)"

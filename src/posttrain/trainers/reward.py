@@ -20,35 +20,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from posttrain.checkpoint import restore_checkpoint, save_checkpoint
+from posttrain.runs import prepare_run
+from posttrain.configs import RewardConfig, RewardOptions  # noqa: F401  (re-exported)
 from posttrain.logging import MetricsLogger, console
 from posttrain.losses.reward import bradley_terry_loss
 from posttrain.models import attention, load_model_and_tokenizer
-from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, build_optimizer, optimizer_step, seed_everything, training_loop
+from posttrain.trainers.common import DataOrder, ModelConfig, build_optimizer, optimizer_step, seed_everything, training_loop
 from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, tokenize_pairs
-
-
-@dataclass(frozen=True)
-class RewardOptions:
-    pairs_per_step: int = 32
-    pairs_per_microbatch: int = 32
-    margin_column: str = ""  # a per-pair numeric column used as the Llama 2 margin; empty = no margin
-    center_coef: float = 0.0  # reward-centering coefficient (TRL's center_rewards_coefficient)
-    eval_pairs_per_batch: int = 64
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/rm"))
-    rm: RewardOptions = field(default_factory=RewardOptions)
 
 
 def reward_model_from_causal(causal, pad_token_id: int, seed: int = 0):
@@ -104,6 +87,7 @@ def _apply_lora(rm, mcfg: ModelConfig):
 class RewardTrainer:
     def __init__(self, cfg: RewardConfig, model=None, tokenizer=None):
         self.cfg = cfg
+        self.resume_from = prepare_run(cfg, "rm", (cfg.model.name,))
         seed_everything(cfg.train.seed)
         if model is None:
             model, tokenizer = load_reward_backbone(cfg)
@@ -161,7 +145,7 @@ class RewardTrainer:
                 "eval/rewards/chosen": float(chosen.mean()), "eval/rewards/rejected": float(rejected.mean()), "eval/pairs": len(chosen)}
 
     def _resume(self) -> None:
-        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched)
+        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr)
         if st is not None:
             self.order = DataOrder(len(self.pairs), self.cfg.train.seed, **st["data"])
             self.step = st["step"]

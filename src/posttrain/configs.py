@@ -1,0 +1,226 @@
+"""The config sections and stage configs of the training stages, importable without torch.
+
+`posttrain STAGE --help` reads these classes, so this module imports nothing heavy: a field's
+trailing ``# comment`` is its help line, a ``Literal`` lists its choices and ``ranged`` its bounds
+(both checked by `posttrain.config.build`). Each stage config sets its own section defaults through
+``default_factory`` (``posttrain rl`` trains at lr 1e-5, constant; ``dpo`` at 1e-4); those are the
+defaults a CLI or YAML run starts from. The trainer modules re-export their classes from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from posttrain.config import ranged
+
+RL_ALGOS = ("grpo", "dr_grpo", "dapo", "rloo", "reinforce_pp", "remax", "ppo", "online_dpo")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny-llama"  # tiny-llama[:d=,l=,h=] | tiny-qwen2 | smollm2-135m-instruct | a model, LoRA adapter or run folder | owner/name (hub, online only)
+    trust_remote_code: bool = False  # run a local model's own modelling code (only for folders you trust)
+    lora_rank: int = ranged(0, ge=0)  # LoRA rank; 0 = full fine-tuning
+    lora_alpha: int = ranged(16, gt=0)  # LoRA scaling numerator (scale = alpha / rank)
+    lora_dropout: float = ranged(0.0, ge=0, le=1)  # dropout on the LoRA input
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # module name suffixes that get an adapter
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, slower)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = "task:addition"  # a file/folder, or task:NAME[:k=v,...] for a built-in task
+    eval_path: str = ""  # held-out file; empty: the task's held-out split (tasks) or none
+    kind: str = ""  # row format; empty: detect from the columns (language_modeling, prompt_only, prompt_completion, preference, unpaired_preference, stepwise, verifiable)
+    columns: dict[str, str] = field(default_factory=dict)  # rename source columns: question=prompt,answer=answer
+    on_error: Literal["raise", "skip"] = "raise"  # a bad row stops the run, or is skipped and counted
+    max_length: int = ranged(512, gt=0)  # tokens per example (prompt + completion); longer ones are truncated
+    train_rows: int = ranged(20000, gt=0)  # rows generated for a task / read at most from a file
+    eval_rows: int = ranged(200, ge=0)  # held-out rows generated / read at most
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = ranged(1e-3, gt=0)  # peak learning rate (AdamW)
+    weight_decay: float = ranged(0.0, ge=0)  # AdamW decoupled weight decay
+    beta1: float = ranged(0.9, ge=0, le=1)  # AdamW first-moment decay
+    beta2: float = ranged(0.999, ge=0, le=1)  # AdamW second-moment decay
+    warmup_steps: int = ranged(0, ge=0)  # linear warm-up from lr/warmup_steps to lr
+    schedule: Literal["cosine", "constant"] = "cosine"  # learning rate after warm-up
+    min_lr_ratio: float = ranged(0.1, ge=0, le=1)  # cosine: final lr as a fraction of lr
+    max_grad_norm: float = ranged(1.0, gt=0)  # clip the global gradient norm to this
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/run"  # run folder: metrics.jsonl, config.yaml, checkpoints/
+    max_steps: int = ranged(100, gt=0)  # optimizer steps of the whole run (a resumed run continues to it)
+    seed: int = 0  # seeds the model init (tiny models), data order and sampling
+    resume: bool = False  # continue from the run folder's latest checkpoint (its config.yaml is the base)
+    overwrite: bool = False  # start afresh in a run folder that already holds a run (deletes its checkpoints and metrics)
+    resume_changes: Literal["refuse", "apply"] = "refuse"  # on --resume, options that differ from the saved config.yaml: refuse, or apply them (and say so)
+    eval_every: int = ranged(0, ge=0)  # steps between evaluations; 0: only at the end
+    save_every: int = ranged(0, ge=0)  # steps between checkpoints; 0: only at the end
+    keep_checkpoints: int = ranged(2, ge=1)  # newest checkpoints kept in checkpoints/
+    log_every: int = ranged(1, gt=0)  # steps between metrics.jsonl lines
+    loggers: tuple[str, ...] = ("jsonl",)  # jsonl plus any of tensorboard, wandb, mlflow
+    progress: bool = True  # show a progress bar on a terminal
+
+
+@dataclass(frozen=True)
+class SFTOptions:
+    sequences_per_step: int = ranged(64, gt=0)  # examples per optimizer step
+    sequences_per_microbatch: int = ranged(64, gt=0)  # examples per forward/backward (gradient accumulation)
+    pack: bool = True  # pack examples into rows without padding (same loss as unpacked)
+    tokens_per_row: int = ranged(0, ge=0)  # packing row length; 0 = the longest example (attention cost stays near unpacked)
+    eval_max_new_tokens: int = ranged(32, gt=0)  # generated tokens per held-out problem
+    target_accuracy: float = ranged(0.0, ge=0, le=1)  # > 0: stop once a periodic eval reaches this held-out accuracy
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/sft"))
+    sft: SFTOptions = field(default_factory=SFTOptions)
+
+
+@dataclass(frozen=True)
+class PreferenceOptions:
+    loss_args: dict[str, str] = field(default_factory=dict)  # loss hyper-parameters: gamma=0.5,label_smoothing=0.1
+    pairs_per_step: int = ranged(32, gt=0)  # preference pairs per optimizer step
+    pairs_per_microbatch: int = ranged(32, gt=0)  # pairs per forward/backward (gradient accumulation)
+    reference: Literal["cached", "live"] = "cached"  # reference logprobs computed once and saved, or every step
+    reference_pairs_per_batch: int = ranged(64, gt=0)  # pairs per reference forward when caching
+    eval_before: bool = True  # evaluate once before training (before/after in the result)
+    eval_max_new_tokens: int = ranged(32, gt=0)  # generated tokens per held-out problem (task data)
+    falling_logps_window: int = ranged(20, gt=0)  # steps; warn when chosen and rejected logps both fall over it
+    # task data only: draw this many samples per train problem from the starting model and use a wrong
+    # one as the rejected side (self-generated pairs, Pang et al. 2024); 0 keeps the task's synthetic slips
+    self_generated: int = ranged(0, ge=0)
+    self_generated_temperature: float = ranged(1.0, gt=0)  # sampling temperature of the self-generated solutions
+    # Step-DPO (Lai et al. 2024): keep only each pair's first differing step (shared steps join the prompt)
+    step_pairs: bool = False
+    step_sep: str = "\n"  # step separator for step_pairs
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, schedule="constant"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/dpo"))
+    pref: PreferenceOptions = field(default_factory=PreferenceOptions)
+    loss: str = "dpo"  # a loss or a weighted mix such as dpo:0.8,bco_pair:0.2,sft:1; losses: aot|aot_pair|apo_down|apo_zero|bco_pair|dpo|dpop|exo_pair|hinge|ipo|nca_pair|orpo|robust|rpo|sft|simpo|sppo_hard; unpaired: apo_zero_unpaired|bco|kto
+    beta: float = ranged(0.1, ge=0)  # strength of the reference constraint (DPO's beta)
+
+
+@dataclass(frozen=True)
+class RewardOptions:
+    pairs_per_step: int = ranged(32, gt=0)  # preference pairs per optimizer step
+    pairs_per_microbatch: int = ranged(32, gt=0)  # pairs per forward/backward (gradient accumulation)
+    margin_column: str = ""  # a per-pair numeric column used as the Llama 2 margin; empty = no margin
+    center_coef: float = ranged(0.0, ge=0)  # reward-centering coefficient (TRL's center_rewards_coefficient)
+    eval_pairs_per_batch: int = ranged(64, gt=0)  # held-out pairs per scoring forward
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/rm"))
+    rm: RewardOptions = field(default_factory=RewardOptions)
+
+
+@dataclass(frozen=True)
+class PRMOptions:
+    step_sep: str = "\n"  # separator between solution steps; the PRM scores the token before each
+    sequences_per_step: int = ranged(32, gt=0)  # solutions per optimizer step
+    sequences_per_microbatch: int = ranged(32, gt=0)  # solutions per forward/backward
+    labels: Literal["soft", "hard"] = "soft"  # soft: BCE on the label in [0, 1]; hard: a label > 0 becomes 1
+    neutral_label: float = ranged(1.0, ge=0, le=1)  # PRM800K rating 0
+    eval_share: float = ranged(0.1, ge=0, le=0.9)  # rows held out for step accuracy
+    # Math-Shepherd automatic labels (task data)
+    policy: str = ""  # the completer that rolls out from each step prefix (a folder); empty: model.name
+    solution_policy: str = ""  # the generator whose solutions are labelled; empty: the completer
+    label_problems: int = ranged(256, gt=0)  # task problems whose solutions are labelled
+    solutions_per_problem: int = ranged(4, gt=0)  # sampled solutions labelled per problem
+    rollouts_per_step: int = ranged(8, gt=0)  # completions rolled out from each step prefix
+    label_temperature: float = ranged(1.0, gt=0)  # sampling temperature of solutions and rollouts
+    label_max_new_tokens: int = ranged(64, gt=0)  # tokens per solution / rollout
+    # ProcessBench at the end (a split file such as processbench/gsm8k.json); empty: skipped
+    processbench: str = ""
+    processbench_limit: int = ranged(0, ge=0)  # first N ProcessBench problems (0: all)
+    threshold: float = ranged(0.5, ge=0, le=1)  # a step scoring below this is the first error
+    # the head also reads each step's log-likelihood under the backbone (`ProcessRewardModel.step_likelihood`)
+    likelihood_features: bool = False
+    freeze_backbone: bool = False  # train the head only (a probe of the backbone's features)
+
+
+@dataclass(frozen=True)
+class PRMConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(path="task:addition:scratchpad=1", train_rows=1000))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/prm"))
+    prm: PRMOptions = field(default_factory=PRMOptions)
+
+
+@dataclass(frozen=True)
+class RLOptions:
+    prompts_per_step: int = ranged(16, gt=0)  # prompts sampled per RL step
+    samples_per_prompt: int = ranged(8, gt=0)  # completions per prompt (the GRPO group size)
+    sequences_per_microbatch: int = ranged(64, gt=0)  # sequences per forward/backward
+    minibatches_per_rollout: int = ranged(1, gt=0)  # optimizer steps per pass over a rollout batch
+    epochs_per_rollout: int = ranged(1, gt=0)  # passes over a rollout batch (stored old logprobs)
+    max_new_tokens: int = ranged(64, gt=0)  # tokens per completion
+    temperature: float = ranged(1.0, gt=0)  # rollout sampling temperature
+    top_p: float = ranged(1.0, gt=0, le=1)  # rollout nucleus sampling
+    stop: tuple[str, ...] = ()  # stop strings that end a completion
+    engine: Literal["hf", "vllm"] = "hf"  # rollout engine
+    rollout_sequences_per_batch: int = ranged(256, gt=0)  # sequences decoded together by the engine
+    lean_decoder: bool = True  # hf engine: models.fast.LeanDecoder for plain Llama/Qwen2/Mistral models
+    share_prompts: bool = True  # policy / reference passes run each group's prompt once (same values)
+    max_refill_rounds: int = ranged(3, ge=0)  # dynamic sampling: extra sampling rounds per step
+    reward: str = ""  # comma list of task, math, format, countdown, exact; empty: the task's verifier / math
+    reward_weights: dict[str, float] = field(default_factory=dict)  # weight per reward name: task=1,format=0.2
+    reward_timeout_s: float = ranged(60.0, gt=0)  # a reward call slower than this scores 0 and is counted
+    show_every: int = ranged(10, ge=0)  # print example completions every N steps (0: never)
+    eval_max_new_tokens: int = ranged(0, ge=0)  # 0: max_new_tokens
+    min_entropy: float = ranged(0.01, ge=0)  # warn below (entropy collapse)
+    max_kl: float = ranged(1.0, ge=0)  # warn above (KL blow-up)
+    # process reward model as a dense reward (see the module docstring); empty prm_model: off
+    prm_model: str = ""  # a PRM folder written by `posttrain prm`
+    prm_coef: float = 1.0  # weight of the PRM term beside the outcome reward / advantage
+    prm_step_sep: str = ""  # empty: the separator the PRM was trained with
+    prm_baseline: float = 0.5  # subtracted from step scores in token-level rewards (gae, reinforce_pp)
+    # algorithm axes: None = the --algo preset's value (posttrain.trainers.rl_presets)
+    estimator: str | None = None  # advantage estimator: grpo|dr_grpo|rloo|remax|reinforce_pp|reinforce_pp_baseline|gae
+    loss: str | None = None  # policy objective: ppo|gspo|cispo|reinforce|dpo
+    reducer: str | None = None  # loss aggregation: token-mean|seq-mean-token-mean|seq-mean-token-sum|seq-sum-norm
+    kl_placement: Literal["loss", "reward", "none"] | None = None  # where the KL to the reference enters
+    kl_estimator: str | None = None  # k1|k2|k3
+    kl_coef: float | None = ranged(None, ge=0)  # KL coefficient
+    clip_low: float | None = ranged(None, ge=0)  # PPO ratio clip below 1
+    clip_high: float | None = ranged(None, ge=0)  # PPO ratio clip above 1 (DAPO clip-higher)
+    dual_clip: float | None = None  # dual-clip bound for negative advantages (> 1; unset: off)
+    entropy_coef: float | None = None  # entropy bonus coefficient
+    dynamic_sampling: bool | None = None  # DAPO: resample groups whose rewards are all equal
+    overlong_buffer: int | None = None  # DAPO soft overlong penalty length (-1: a quarter of max_new_tokens)
+    mask_truncated: bool | None = None  # drop truncated completions from the loss
+    gamma: float | None = None  # GAE / return discount
+    lam: float | None = None  # GAE lambda
+    vf_coef: float | None = None  # value loss coefficient (ppo)
+    dpo_beta: float | None = None  # online_dpo: DPO beta
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    algo: Literal[RL_ALGOS] = "grpo"  # algorithm preset (`--algo`); rl.* axes override its parts
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(on_error="skip", train_rows=2000))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, schedule="constant"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/rl", max_steps=50))
+    rl: RLOptions = field(default_factory=RLOptions)
