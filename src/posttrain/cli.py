@@ -52,7 +52,12 @@ def _run_config_stage(cfg_cls, runner, args: list[str]):
 
 @stage("demo", "the whole story on a tiny model: SFT -> eval -> report (no network)")
 def _demo(args):
-    from posttrain.demo import DemoConfig, run_demo
+    from posttrain.configs import DemoConfig
+
+    if args and args[0] in ("-h", "--help"):
+        _print_options(DemoConfig)
+        return 0
+    from posttrain.demo import run_demo
 
     return _run_config_stage(DemoConfig, lambda cfg: run_demo(cfg) and 0, args)
 

@@ -224,3 +224,40 @@ class RLConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, schedule="constant"))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/rl", max_steps=50))
     rl: RLOptions = field(default_factory=RLOptions)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "runs/demo"  # the demo's folder: a run folder per stage, report.md, summary.json, plots
+    task: str = "addition:scratchpad=2"  # 3-digit addition, one column per line with the running result, then "#### sum"
+    model: str = "tiny-llama:d=128,l=4,h=4"  # the from-scratch model (any --model of the training stages)
+    seed: int = 0  # seeds every stage
+    sft_steps: int = 1000  # the schedule's length; SFT stops early at sft_target_accuracy
+    sft_target_accuracy: float = ranged(0.95, ge=0, le=1)  # stop SFT once held-out accuracy reaches this
+    sft_eval_every: int = ranged(50, gt=0)  # SFT steps between held-out evaluations
+    sft_lr: float = ranged(3e-3, gt=0)  # SFT peak learning rate
+    sequences_per_step: int = ranged(64, gt=0)  # SFT examples per step
+    eval_problems: int = ranged(200, gt=0)  # held-out problems for greedy exact match
+    stages: tuple[str, ...] = ("sft", "dpo", "rl", "scaling")  # stages to run, in order: sft,dpo,rl,scaling
+    dpo_steps: int = ranged(60, gt=0)  # preference (RPO) steps
+    dpo_problems: int = 640  # problems whose right solution is paired with the model's own wrong sample
+    dpo_lr: float = ranged(2e-5, gt=0)  # preference stage learning rate
+    rl_steps: int = ranged(30, gt=0)  # GRPO steps
+    rl_lr: float = ranged(1e-4, gt=0)  # GRPO learning rate
+    rl_warmup_steps: int = 10  # linear warm-up: Adam's first steps move every weight by the full lr
+    # test-time scaling (stage "scaling"): weak SFT checkpoint + PRM from the final SFT model
+    scaling_weak_accuracy: float = 0.3  # the SFT step closest to this held-out accuracy is the policy searched
+    scaling_snapshot_every: int = 10  # SFT steps between the candidates (kept after the last eval below it)
+    scaling_label_problems: int = ranged(160, gt=0)  # problems whose weak-model solutions are labelled for the PRM
+    scaling_solutions: int = 4  # weak-model solutions labelled per problem
+    scaling_rollouts: int = 2  # final-model rollouts per step prefix
+    scaling_prm_steps: int = ranged(120, gt=0)  # PRM training steps
+    scaling_prm_lr: float = ranged(1e-2, gt=0)  # PRM learning rate
+    scaling_problems: int = ranged(100, gt=0)  # held-out problems searched
+    scaling_k: tuple[int, ...] = (1, 4, 16)  # sample budgets k of maj@k and PRM best-of-k
+    scaling_beams: tuple[str, ...] = ("4x4",)  # NUM_BEAMSxEXPANSIONS
+    scaling_temperature: float = ranged(0.5, gt=0)  # sampling temperature of the searched policy
+    scaling_beam_max_steps: int = 8  # a solution is 4 lines
+    overwrite: bool = False  # replace a demo run already in --out (its stage folders, report and summary)
+    progress: bool = True  # show progress bars on a terminal
+

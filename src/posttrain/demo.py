@@ -22,47 +22,15 @@ import copy
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from posttrain.configs import DemoConfig  # noqa: F401  (re-exported)
 from posttrain.logging import console, read_metrics
+from posttrain.errors import UserError
 from posttrain.trainers.common import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from posttrain.trainers.sft import SFTConfig, SFTOptions, SFTTrainer
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    out: str = "runs/demo"
-    task: str = "addition:scratchpad=2"  # 3-digit addition, one column per line with the running result, then "#### sum"
-    model: str = "tiny-llama:d=128,l=4,h=4"
-    seed: int = 0
-    sft_steps: int = 1000  # the schedule's length; SFT stops early at sft_target_accuracy
-    sft_target_accuracy: float = 0.95
-    sft_eval_every: int = 50
-    sft_lr: float = 3e-3
-    sequences_per_step: int = 64
-    eval_problems: int = 200
-    stages: tuple[str, ...] = ("sft", "dpo", "rl", "scaling")
-    dpo_steps: int = 60
-    dpo_problems: int = 640  # problems whose right solution is paired with the model's own wrong sample
-    dpo_lr: float = 2e-5
-    rl_steps: int = 30
-    rl_lr: float = 1e-4
-    rl_warmup_steps: int = 10  # linear warm-up: Adam's first steps move every weight by the full lr
-    # test-time scaling (stage "scaling"): weak SFT checkpoint + PRM from the final SFT model
-    scaling_weak_accuracy: float = 0.3  # the SFT step closest to this held-out accuracy is the policy searched
-    scaling_snapshot_every: int = 10  # SFT steps between the candidates (kept after the last eval below it)
-    scaling_label_problems: int = 160
-    scaling_solutions: int = 4  # weak-model solutions labelled per problem
-    scaling_rollouts: int = 2  # final-model rollouts per step prefix
-    scaling_prm_steps: int = 120
-    scaling_prm_lr: float = 1e-2
-    scaling_problems: int = 100
-    scaling_k: tuple[int, ...] = (1, 4, 16)
-    scaling_beams: tuple[str, ...] = ("4x4",)  # NUM_BEAMSxEXPANSIONS
-    scaling_temperature: float = 0.5
-    scaling_beam_max_steps: int = 8  # a solution is 4 lines
-    progress: bool = True
 
 
 def _sft_config(cfg: DemoConfig, run_dir: Path) -> SFTConfig:
@@ -70,7 +38,7 @@ def _sft_config(cfg: DemoConfig, run_dir: Path) -> SFTConfig:
         model=ModelConfig(name=cfg.model),
         data=DataConfig(path=f"task:{cfg.task}", train_rows=50000, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=50, min_lr_ratio=0.05),
-        train=TrainConfig(out=str(run_dir / "sft"), max_steps=cfg.sft_steps, seed=cfg.seed,
+        train=TrainConfig(overwrite=True, out=str(run_dir / "sft"), max_steps=cfg.sft_steps, seed=cfg.seed,
                           eval_every=cfg.sft_eval_every, progress=cfg.progress),
         sft=SFTOptions(sequences_per_step=cfg.sequences_per_step, sequences_per_microbatch=cfg.sequences_per_step,
                        eval_max_new_tokens=64, target_accuracy=cfg.sft_target_accuracy),
@@ -134,7 +102,7 @@ def _dpo_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
         model=ModelConfig(name=cfg.model),
         data=DataConfig(path=f"task:{cfg.task}", train_rows=cfg.dpo_problems, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.dpo_lr, schedule="constant"),
-        train=TrainConfig(out=str(run_dir / "dpo"), max_steps=cfg.dpo_steps, seed=cfg.seed, progress=cfg.progress),
+        train=TrainConfig(overwrite=True, out=str(run_dir / "dpo"), max_steps=cfg.dpo_steps, seed=cfg.seed, progress=cfg.progress),
         pref=PreferenceOptions(pairs_per_step=32, pairs_per_microbatch=32, eval_max_new_tokens=64, self_generated=2,
                                loss_args={"rpo_alpha": "10"}),
         loss="rpo", beta=0.1,
@@ -154,7 +122,7 @@ def _rl_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
         model=ModelConfig(name=cfg.model),
         data=DataConfig(path=f"task:{cfg.task}", train_rows=2000, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.rl_lr, schedule="constant", warmup_steps=cfg.rl_warmup_steps),
-        train=TrainConfig(out=str(run_dir / "rl"), max_steps=cfg.rl_steps, seed=cfg.seed, progress=cfg.progress),
+        train=TrainConfig(overwrite=True, out=str(run_dir / "rl"), max_steps=cfg.rl_steps, seed=cfg.seed, progress=cfg.progress),
         rl=RLOptions(prompts_per_step=16, samples_per_prompt=8, max_new_tokens=64, show_every=10),
     )
     r = run_rl_stage(model, tokenizer, rcfg)
@@ -235,7 +203,7 @@ def _scaling_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer, weak: tuple
     label_s = time.perf_counter() - t0
     pcfg = PRMConfig(model=ModelConfig(name=cfg.model), data=DataConfig(path=f"task:{cfg.task}"),
                      optim=OptimConfig(lr=cfg.scaling_prm_lr, warmup_steps=10),
-                     train=TrainConfig(out=str(out / "prm"), max_steps=cfg.scaling_prm_steps, seed=cfg.seed,
+                     train=TrainConfig(overwrite=True, out=str(out / "prm"), max_steps=cfg.scaling_prm_steps, seed=cfg.seed,
                                        progress=cfg.progress, keep_checkpoints=1),
                      prm=opts)
     prm = PRMTrainer(pcfg, model, tokenizer, rows=rows)  # the final SFT model, frozen, is the PRM's backbone
@@ -304,7 +272,13 @@ STAGES = {"dpo": _dpo_stage, "rl": _rl_stage, "scaling": _scaling_stage}
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    from posttrain.runs import holds_run
+
     run_dir = Path(cfg.out)
+    used = [s for s in ("sft", "dpo", "rl", "scaling/prm") if holds_run(run_dir / s)]
+    if (used or (run_dir / "summary.json").exists()) and not cfg.overwrite:
+        raise UserError(f"{run_dir} already holds a demo run ({', '.join(used) or 'summary.json'}); "
+                        "pass --overwrite true to replace it, or pick another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"demo config: {json.dumps(dataclasses.asdict(cfg))}")
     summary: dict = {"config": dataclasses.asdict(cfg), "stages": {}}

@@ -121,6 +121,8 @@ def load_split(data_cfg: DataConfig, split: str, kind: str | None = None):
         task = load_task_spec(data_cfg.path[len("task:"):])
         evaluating = split in ("eval", "sft_eval")
         n = data_cfg.eval_rows if evaluating else data_cfg.train_rows
+        if n == 0:  # data.eval_rows 0: no held-out evaluation
+            return [], task
         if split == "sft_eval":
             rows = task.sft_rows(n, seed=2, held_out=True)
         else:
