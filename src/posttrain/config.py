@@ -130,18 +130,31 @@ def _set(tree: dict, dotted: str, value, cls, original: str) -> None:
     node[leaf] = value
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def _is_section(cls, dotted: str) -> bool:
+    """Whether `dotted` names a section (a nested config) of `cls`, as opposed to a leaf."""
+    node = cls
+    for part in dotted.split("."):
+        f = _fields(node).get(part) if dataclasses.is_dataclass(node) else None
+        if f is None:
+            return False
+        node = _resolve_type(node, f)
+    return dataclasses.is_dataclass(node)
+
+
+def _flatten(d: dict, prefix: str = "", cls=None) -> dict[str, Any]:
+    """Nested mapping -> dotted keys; a mapping stays one value where `cls` has a dict-valued field
+    (``data.columns``, ``pref.loss_args``), and also for an alias or an unknown key (reported later)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}".replace("-", "_")
-        if isinstance(v, dict) and not key.endswith(("columns", "reward_weights", "losses")):
-            out.update(_flatten(v, key + "."))
+        if isinstance(v, dict) and (cls is None or _is_section(cls, key)):
+            out.update(_flatten(v, key + ".", cls))
         else:
             out[key] = v
     return out
 
 
-def build(cls, tree: dict, prefix: str = "", base=None):
+def build(cls, tree: dict, prefix: str = "", base=None, check: bool = True):
     """`base` (default: ``cls()``, i.e. the stage's own section defaults) with the values of `tree` on
     top. A section keeps its stage default (``field(default_factory=...)``) unless a key overrides it."""
     base = cls() if base is None else base
@@ -150,10 +163,11 @@ def build(cls, tree: dict, prefix: str = "", base=None):
         typ = _resolve_type(cls, f)
         key = f"{prefix}{name}"
         if dataclasses.is_dataclass(typ):
-            kwargs[name] = build(typ, tree.get(name, {}), key + ".", getattr(base, name))
+            kwargs[name] = build(typ, tree.get(name, {}), key + ".", getattr(base, name), check)
         elif name in tree:
             kwargs[name] = _coerce(tree[name], typ, key)
-        _check_range(kwargs.get(name, getattr(base, name)), f, key)
+        if check:
+            _check_range(kwargs.get(name, getattr(base, name)), f, key)
     return dataclasses.replace(base, **kwargs)
 
 
@@ -179,7 +193,7 @@ def load_config(cls, yaml_path: str | Path | None = None, overrides: dict[str, A
     """Stage defaults (or `base`) <- YAML file <- overrides (dotted keys or aliases)."""
     tree: dict = {}
     if yaml_path is not None:
-        for k, v in _flatten(read_yaml(yaml_path)).items():
+        for k, v in _flatten(read_yaml(yaml_path), cls=cls).items():
             _set(tree, _resolve_alias(cls, k), v, cls, f"{k} (in {yaml_path})")
     for k, v in (overrides or {}).items():
         k = k.replace("-", "_")
@@ -188,17 +202,18 @@ def load_config(cls, yaml_path: str | Path | None = None, overrides: dict[str, A
 
 
 def from_dict(cls, tree: dict, where: str = "config"):
-    """A config from a nested dict such as ``to_dict`` wrote (keys checked, values coerced)."""
+    """A config from a nested dict such as ``to_dict`` wrote (keys checked, values coerced; ranges
+    are not: a saved config is what a run used, possibly built in Python without the CLI's checks)."""
     flat: dict = {}
-    for k, v in _flatten(tree).items():
+    for k, v in _flatten(tree, cls=cls).items():
         _set(flat, k, v, cls, f"{k} (in {where})")
-    return build(cls, flat)
+    return build(cls, flat, check=False)
 
 
 def flat_dict(cfg) -> dict[str, Any]:
     """``{"optim.lr": 1e-3, ...}`` for every leaf of a config (tuples as lists)."""
     out = {}
-    for k, v in _flatten(to_dict(cfg)).items():
+    for k, v in _flatten(to_dict(cfg), cls=type(cfg)).items():
         out[k] = list(v) if isinstance(v, tuple) else v
     return out
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from posttrain.data import DataError
+from posttrain.errors import UserError
 from posttrain.ops import naive_token_logprobs
 from posttrain.trainers.common import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from posttrain.trainers.pairs import pair_batch, sequence_logps
@@ -121,8 +122,10 @@ def test_resume_rejects_a_reference_cache_for_other_data(tmp_path):
     first = make(tmp_path, "r", steps=2)
     run_steps(first, 1)
     first.save()
-    with pytest.raises(RuntimeError, match="reference_logps.pt"):
+    with pytest.raises(UserError, match=r"data.train_rows: 64 \(saved\) -> 48"):
         make(tmp_path, "r", steps=2, resume=True, rows=48)
+    with pytest.raises(UserError, match="reference_logps.pt"):  # applied on purpose: the cache still does not match
+        make(tmp_path, "r", steps=2, resume=True, rows=48, resume_changes="apply")
 
 
 @pytest.mark.parametrize("loss", ["kto", "bco", "apo_zero_unpaired"])

