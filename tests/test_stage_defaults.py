@@ -79,7 +79,7 @@ def test_eval_and_search_default_to_smollm2_and_their_own_folders(monkeypatch):
     assert ev.train.out == "runs/eval" and se.train.out == "runs/search"
 
 
-@pytest.mark.parametrize("stage", [*STAGE_CONFIGS, "demo"])
+@pytest.mark.parametrize("stage", [*STAGE_MODULES, "demo"])
 def test_help_describes_every_option(stage, capsys):
     assert main([stage, "--help"]) == 0
     lines = capsys.readouterr().out.splitlines()[2:]

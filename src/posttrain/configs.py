@@ -261,3 +261,76 @@ class DemoConfig:
     overwrite: bool = False  # replace a demo run already in --out (its stage folders, report and summary)
     progress: bool = True  # show progress bars on a terminal
 
+
+@dataclass(frozen=True)
+class EvalData:
+    path: str = ""  # explicit benchmark file; empty: the benchmark's default file under `root`
+    root: str = ""  # data root; empty: $POSTTRAIN_DATA, else ../shared/data from the CWD
+    limit: int = ranged(0, ge=0)  # first N problems (0: all; generated tasks: 200)
+    on_error: Literal["raise", "skip"] = "raise"  # a row without a gold answer stops the run, or is skipped and counted
+    columns: dict[str, str] = field(default_factory=dict)  # source column -> field (prompt, answer), e.g. question=prompt,solution=answer
+    checker: str = ""  # answer checker, math|exact|numeric|task:SPEC; empty: the benchmark's own (math for your own file)
+    template: str = ""  # prompt template for your own file, with a {prompt} placeholder; empty: the prompt as is
+    max_prompt_tokens: int = ranged(4096, ge=0)  # longest prompt in tokens, capped at the model's max positions (0: that cap only)
+    on_long: Literal["skip", "truncate"] = "skip"  # a longer prompt, skip|truncate (keep its end); counted in the results
+
+
+
+@dataclass(frozen=True)
+class EvalSampling:
+    n: int = ranged(4, ge=0)  # sampled completions per problem (0: greedy only)
+    ks: tuple[int, ...] = (1, 4)  # k values for pass@k / maj@k / mean@k (those > n are dropped)
+    greedy: bool = True  # also decode one greedy completion per problem (the greedy column)
+    temperature: float = ranged(0.7, gt=0)  # sampling temperature of the n samples
+    top_p: float = ranged(1.0, gt=0, le=1)  # nucleus sampling
+    max_new_tokens: int = ranged(512, gt=0)  # tokens per completion
+    seed: int = 0  # seeds the samples (per problem, so a resumed run draws the same)
+    problems_per_batch: int = ranged(8, gt=0)  # problems decoded together (and written to samples.jsonl together)
+    sequences_per_batch: int = ranged(32, gt=0)  # sequences per engine batch
+
+
+
+@dataclass(frozen=True)
+class EvalRun:  # named `train` in EvalConfig so that --out / --resume mean the same on every stage
+    out: str = "runs/eval"  # results folder: samples.jsonl, results.json, results.md
+    resume: bool = True  # continue a stopped evaluation in --out (its settings must match)
+    progress: bool = True  # show a progress bar on a terminal
+
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    benchmark: str = ""  # gsm8k, math500, aime24, ..., task:SPEC, or file (your own --data.path); empty: file if data.columns/checker/template is set, else gsm8k
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="smollm2-135m-instruct"))
+    data: EvalData = field(default_factory=EvalData)
+    sampling: EvalSampling = field(default_factory=EvalSampling)
+    train: EvalRun = field(default_factory=EvalRun)
+
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    n: int = ranged(8, gt=0)  # samples for best_of_n / votes
+    num_beams: int = ranged(4, gt=0)  # beams kept by prm_beam_search
+    expansions_per_beam: int = ranged(4, gt=0)  # next steps sampled per beam
+    max_steps: int = ranged(16, gt=0)  # steps at most per solution (beam search, MCTS)
+    temperature: float = ranged(1.0, gt=0)  # sampling temperature
+    top_p: float = ranged(1.0, gt=0, le=1)  # nucleus sampling
+    max_new_tokens: int = ranged(512, gt=0)  # tokens per whole solution
+    max_step_tokens: int = ranged(256, gt=0)  # tokens per step (stepwise methods)
+    step_sep: str = "\n"  # separator between solution steps
+    step_agg: Literal["min", "last", "prod", "mean"] = "min"  # a solution's PRM score from its step scores
+    seed: int = 0  # seeds the sampling
+
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    method: tuple[str, ...] = ("greedy", "majority_vote")  # comma list of greedy|best_of_n|budget_forcing|compute_optimal|majority_vote|mcts|prm_beam_search|weighted_vote
+    benchmark: str = "gsm8k"  # gsm8k, math500, aime24, ..., task:SPEC, or file (your own --data.path)
+    prm: str = ""  # a PRM folder from `posttrain prm` (needed by best_of_n, weighted_vote, prm_beam_search, mcts)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="smollm2-135m-instruct"))
+    data: EvalData = field(default_factory=lambda: EvalData(limit=50))
+    search: SearchOptions = field(default_factory=SearchOptions)
+    train: EvalRun = field(default_factory=lambda: EvalRun(out="runs/search"))
+

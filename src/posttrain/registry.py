@@ -8,7 +8,16 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
+from posttrain.errors import UserError
+
 F = TypeVar("F", bound=Callable)
+
+
+class UnknownName(UserError, KeyError):
+    """An unknown registry name (a user's --loss, --rl.estimator, ...): one line, with the known names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class Registry(Generic[F]):
@@ -29,7 +38,7 @@ class Registry(Generic[F]):
         if name not in self._items:
             close = difflib.get_close_matches(name, list(self._items), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise KeyError(f"unknown {self.axis} '{name}'{hint} (known: {', '.join(sorted(self._items))})")
+            raise UnknownName(f"unknown {self.axis} '{name}'{hint} (known: {', '.join(sorted(self._items))})")
         return self._items[name]
 
     def __contains__(self, name: str) -> bool:

@@ -42,17 +42,33 @@ def test_weights_and_columns():
 
 
 def test_failures_are_counted_and_scored_zero():
-    funcs = [(ones, 1.0), (raises, 1.0), (nan_on_b, 1.0), (fails_on_c, 1.0), (wrong_length, 1.0)]
+    funcs = [(ones, 1.0), (nan_on_b, 1.0), (fails_on_c, 1.0)]
     out = combine_rewards(funcs, ["p"] * 3, ["a", "b", "c"], max_workers=3)
     assert FAILURE_SCORE == 0.0
-    assert out.errors == {"ones": 0, "raises": 3, "nan_on_b": 0, "fails_on_c": 1, "wrong_length": 3}
+    assert out.errors == {"ones": 0, "nan_on_b": 0, "fails_on_c": 1}
     assert out.nans["nan_on_b"] == 1
     torch.testing.assert_close(out.scores["nan_on_b"], torch.tensor([2.0, 0.0, 2.0]))
     torch.testing.assert_close(out.scores["fails_on_c"], torch.tensor([0.5, 0.5, 0.0]))  # item-by-item retry
-    torch.testing.assert_close(out.scores["raises"], torch.zeros(3))
     assert out.valid["fails_on_c"].tolist() == [True, True, False]
+    assert out.first_errors == {"fails_on_c": "ValueError: bad item"}
     torch.testing.assert_close(out.total, torch.tensor([3.5, 1.5, 3.0]))
-    assert out.num_failed == 3 + 1 + 1 + 3
+    assert out.num_failed == 1 + 1
+
+
+@pytest.mark.parametrize("fn, message", [
+    (raises, r"'raises' failed on all 3 completions of a batch: RuntimeError: boom"),
+    (wrong_length, r"'wrong_length' failed on all 3 completions of a batch: returned 1 values for 3 completions"),
+    (lambda prompts, completions, **_: ["x"] * len(completions), r"'<lambda>' .*returned 'x' \(str\), not a number"),
+])
+def test_a_function_failing_on_every_item_is_an_error(fn, message):
+    from posttrain.errors import UserError
+    from posttrain.rewards import RewardError
+
+    with pytest.raises(RewardError, match=message) as info:
+        combine_rewards([(ones, 1.0), (fn, 1.0)], ["p"] * 3, ["a", "b", "c"])
+    assert isinstance(info.value, UserError)  # the CLI prints it as one line, exit 2
+    if fn is raises:
+        assert isinstance(info.value.__cause__, RuntimeError)  # --debug shows the reward's own traceback
 
 
 def test_missing_answers_and_math_reward_in_threads():

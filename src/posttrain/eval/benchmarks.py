@@ -9,6 +9,7 @@
 | amc23    | math-eval/amc23/test.jsonl                | answer     | math-verify                  |
 | countdown| countdown/test.parquet                    | target, nums | `rewards.countdown`        |
 | task:SPEC (``task:addition:scratchpad=1``, or a bare task name such as ``addition``) | generated offline | answer | the task's verifier |
+| file     | your own ``--data.path`` (jsonl/json/parquet/csv) | answer (after ``--data.columns``) | ``--data.checker`` (default math) |
 
 The data root is, first to last: the ``data_root`` argument (``--data.root``), the ``POSTTRAIN_DATA``
 environment variable, ``../shared/data`` relative to the working directory. A file given explicitly
@@ -21,6 +22,23 @@ Countdown keeps TinyZero's own prompt (from the parquet), as peers evaluate it.
 
 Bad rows: a row whose gold answer is missing or empty raises `DataError` naming the file, row and
 field, or with ``on_error="skip"`` is skipped and counted (`LoadedBenchmark.skipped`).
+
+Your own data (``file``, `load_benchmark(..., columns=, checker=, template=)`):
+- ``columns`` maps source column names to the fields ``prompt`` and ``answer`` (any other target is
+  kept in `Problem.extra`), as ``--data.columns`` does for the training stages
+  (``question=prompt,solution=answer``). A mapped column that no row has, or that a row lacks, is a
+  `DataError` naming the file, the row and the column. Registered file benchmarks take ``columns``
+  too (renamed before their own parser runs: ``--benchmark math500 --data.columns question=problem``).
+- ``prompt`` is a string or a list of {role, content} messages; ``template`` (with a ``{prompt}``
+  placeholder) is applied to the string, or to the last user message's content. Default: the prompt
+  as is. A string prompt is tokenized as it is, as the training stages do (no chat template); a message
+  list goes through the tokenizer's chat template.
+- ``checker`` (`CHECKERS`) decides correctness: ``math`` (extract the final answer, math-verify
+  equivalence, `rewards.math.answers_match`), ``exact`` (the extracted answer, else the whole
+  completion, equals the gold string after light normalization, as `rewards.exact.exact_match`),
+  ``numeric`` (the extracted answer equals the gold as a number, relative tolerance 1e-6), or
+  ``task:SPEC`` (a built-in task's extraction and verifier). ``checker`` also replaces a registered
+  benchmark's own checker.
 """
 from __future__ import annotations
 
@@ -35,12 +53,13 @@ from posttrain.registry import Registry
 from posttrain.rewards.math import answers_match, extract_answer
 
 __all__ = [
-    "Problem", "Benchmark", "LoadedBenchmark", "BENCHMARKS", "resolve_data_root", "load_benchmark",
-    "MATH_INSTRUCTION",
+    "Problem", "Benchmark", "LoadedBenchmark", "BENCHMARKS", "CHECKERS", "resolve_data_root", "load_benchmark",
+    "get_checker", "file_benchmark", "MATH_INSTRUCTION", "FILE_BENCHMARK",
 ]
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DATA_ENV = "POSTTRAIN_DATA"
+FILE_BENCHMARK = "file"  # the benchmark name for your own data file
 
 
 @dataclass
@@ -70,6 +89,7 @@ class LoadedBenchmark:
     rows: int
     skipped: int = 0
     first_errors: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # columns / checker / template given (recorded in settings)
 
 
 BENCHMARKS: Registry[Callable[[], Benchmark]] = Registry("benchmark")
@@ -178,19 +198,154 @@ def get_benchmark(name: str) -> Benchmark:
     return BENCHMARKS.get(name)()
 
 
+# ---------------------------------------------------------------- answer checkers
+def _exact_extract(text: str) -> str | None:
+    pred = extract_answer(text)
+    return pred if pred is not None else (text.strip() or None)
+
+
+def _exact_match(pred: str, gold: str) -> bool:
+    from posttrain.rewards.math import normalize_answer
+
+    return normalize_answer(str(pred)) == normalize_answer(str(gold))
+
+
+def _numeric_match(pred: str, gold: str) -> bool:
+    import math
+
+    from posttrain.rewards.math import _to_number
+
+    a, b = _to_number(str(pred)), _to_number(str(gold))
+    return a is not None and b is not None and math.isfinite(a) and math.isfinite(b) and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+CHECKERS: dict[str, tuple[Callable[[str], str | None], Match]] = {
+    "math": (extract_answer, answers_match),  # final answer, math-verify equivalence
+    "exact": (_exact_extract, _exact_match),  # extracted answer (else the whole text) == gold, normalized
+    "numeric": (extract_answer, _numeric_match),  # extracted answer == gold as numbers (rel. tol. 1e-6)
+}
+
+
+def get_checker(name: str) -> tuple[Callable[[str], str | None], Match]:
+    """(extract, match) of a checker: one of `CHECKERS`, or ``task:SPEC`` for a built-in task's verifier."""
+    from posttrain.config import ConfigError
+
+    if name.startswith("task:"):
+        try:
+            bench = task_benchmark(name[len("task:"):])
+        except (KeyError, ValueError, TypeError) as e:
+            raise ConfigError(f"data.checker '{name}': {e}") from None
+        return bench.extract, bench.match
+    if name not in CHECKERS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(CHECKERS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown data.checker '{name}'{hint} (known: {'|'.join(CHECKERS)}|task:SPEC)")
+    return CHECKERS[name]
+
+
+# ---------------------------------------------------------------- your own data
+def _apply_template(prompt, template: str):
+    if not template:
+        return prompt
+    if isinstance(prompt, str):
+        return template.replace("{prompt}", prompt)
+    msgs = [dict(m) for m in prompt]
+    last = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=len(msgs) - 1)
+    msgs[last]["content"] = template.replace("{prompt}", msgs[last]["content"])
+    return msgs
+
+
+def _prompt_field(row: Row):
+    v = row.data.get("prompt")
+    if isinstance(v, str) and v.strip():
+        return v
+    if isinstance(v, list) and v and all(isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role")
+                                         for m in v):
+        return [{"role": m["role"], "content": m["content"]} for m in v]
+    got = "missing" if v is None else ("empty" if isinstance(v, (str, list)) else f"a {type(v).__name__}")
+    raise DataError(f"{row.where('prompt')}: {got} (expected the problem text or a list of {{role, content}} messages; "
+                    "map your column to it with --data.columns NAME=prompt)")
+
+
+def file_benchmark(checker: str = "", template: str = "") -> Benchmark:
+    """A benchmark over your own rows with ``prompt`` and ``answer`` fields (after the column map)."""
+    extract, match = get_checker(checker or "math")
+
+    def parse(row: Row) -> Problem:
+        prompt = _apply_template(_prompt_field(row), template)
+        try:
+            gold = _gold(row)
+        except DataError as e:
+            raise DataError(f"{e} (map your column to it with --data.columns NAME=answer)") from None
+        extra = {k: v for k, v in row.data.items() if k not in ("prompt", "answer")}
+        return Problem(str(row.row), prompt, gold, extra)
+
+    return Benchmark(FILE_BENCHMARK, None, parse, extract, match)
+
+
+def _check_columns(rows: list[Row], columns: dict[str, str], file: Path) -> None:
+    """Every source column of the map must exist in some row (else a typo: DataError naming it)."""
+    for old, new in columns.items():
+        if not old or not new:
+            raise DataError(f"data.columns: '{old}={new}': expected SOURCE=FIELD pairs such as question=prompt")
+    present = set().union(*(r.data for r in rows)) if rows else set()
+    for old, new in columns.items():
+        if old not in present:
+            where = rows[0].where(old) if rows else str(file)
+            have = ", ".join(sorted(rows[0].data)) if rows else "none"
+            raise DataError(f"{where}: no such column (--data.columns maps '{old}' to '{new}'; the rows have: {have})")
+
+
+def _rename_row(row: Row, columns: dict[str, str]) -> None:
+    """Apply the column map to one row; a mapped column this row lacks is a DataError naming it."""
+    renamed = {}
+    for old, new in columns.items():
+        if old in row.data:
+            renamed[new] = row.data.pop(old)
+        elif new not in row.data:
+            raise DataError(f"{row.where(old)}: missing (--data.columns maps it to '{new}')")
+    row.data.update(renamed)
+
+
 def load_benchmark(
     name: str, path: str | None = None, data_root: str | None = None, limit: int = 0, on_error: str = "raise",
+    *, columns: dict[str, str] | None = None, checker: str = "", template: str = "",
 ) -> LoadedBenchmark:
-    """Problems of benchmark `name` (the first `limit` when > 0); see the module docstring."""
+    """Problems of benchmark `name` (the first `limit` when > 0); see the module docstring.
+
+    `columns`, `checker`, `template`: your own data (``name="file"``); `columns` and `checker` also apply
+    to registered file benchmarks, `checker` to generated ones."""
+    from posttrain.config import ConfigError
+
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    bench = get_benchmark(name)
+    columns = dict(columns or {})
+    if template and "{prompt}" not in template:
+        raise ConfigError(f"data.template {template!r} has no {{prompt}} placeholder (where the problem text goes)")
+    options = {k: v for k, v in (("columns", columns), ("checker", checker), ("template", template)) if v}
+    if name == FILE_BENCHMARK:
+        if not path:
+            raise ConfigError("benchmark 'file' (your own data) needs the file: --data.path FILE")
+        bench = file_benchmark(checker, template)
+        bench.name = f"{FILE_BENCHMARK}:{Path(path).name}"
+    else:
+        if template:
+            raise ConfigError(f"data.template applies to your own data (--benchmark file), not to '{name}', which has its own prompt")
+        bench = get_benchmark(name)
+        if checker:
+            bench.extract, bench.match = get_checker(checker)
     if bench.task is not None:
+        if columns:
+            raise ConfigError(f"data.columns does not apply to the generated benchmark '{name}'")
         rows = bench.task.eval_rows(limit or 200)
         probs = [Problem(str(i), r["prompt"], str(r["answer"]), {k: v for k, v in r.items() if k not in ("prompt", "answer")})
                  for i, r in enumerate(rows)]
-        return LoadedBenchmark(bench, probs, bench.name, len(probs))
+        return LoadedBenchmark(bench, probs, bench.name, len(probs), options=options)
     file = Path(path) if path else resolve_data_root(data_root) / bench.default_file
+    if not file.exists() and bench.default_file is None:
+        raise DataError(f"benchmark '{name}': data file {file} not found (--data.path)")
     if not file.exists():
         raise DataError(
             f"benchmark '{name}': data file {file} not found. Pass the file with --data.path, or the folder "
@@ -199,9 +354,11 @@ def load_benchmark(
     rows = read_rows(file)
     if limit > 0:
         rows = rows[:limit]
-    out = LoadedBenchmark(bench, [], str(file), len(rows))
+    _check_columns(rows, columns, file)
+    out = LoadedBenchmark(bench, [], str(file), len(rows), options=options)
     for row in rows:
         try:
+            _rename_row(row, columns)
             out.problems.append(bench.parse_row(row))
         except DataError as e:
             if on_error == "raise":

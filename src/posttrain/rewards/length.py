@@ -17,14 +17,15 @@
 Lengths: if the batch has a ``completion_lengths`` column (token counts from the rollout; the
 preferred source, since the trainer holds token ids) it is used; otherwise ``length_fn(text)``,
 by default the number of whitespace-separated words. Correctness is `math_reward` against the
-``answer`` column unless ``correct_fn(prompts, completions, **columns) -> list[float | None]`` is
-given; an unscorable item (None) counts as wrong.
+``answer`` column unless ``correct_fn`` (any reward function, posttrain- or TRL-style, called by keyword
+with `rewards.base.call_reward`) is given; an unscorable item (None) counts as wrong.
 """
 from __future__ import annotations
 
 import math
 from typing import Callable
 
+from posttrain.rewards.base import call_reward
 from posttrain.rewards.math import math_reward
 
 __all__ = [
@@ -48,7 +49,7 @@ def _lengths(completions, columns, length_fn) -> list[int]:
 
 def _correct(correct_fn, prompts, completions, columns) -> list[bool]:
     fn = correct_fn or math_reward
-    return [v is not None and v >= 1.0 for v in fn(prompts, completions, **columns)]
+    return [v is not None and v >= 1.0 for v in call_reward(fn, list(prompts), list(completions), columns)]
 
 
 def cosine_scale(t: float, max_len: float, r_0: float, r_L: float) -> float:

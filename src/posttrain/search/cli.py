@@ -13,43 +13,15 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from posttrain.eval.benchmarks import load_benchmark
-from posttrain.eval.harness import EvalData, EvalRun
+from posttrain.configs import SearchConfig, SearchOptions  # noqa: F401  (re-exported)
 from posttrain.logging import ProgressBar, console
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.search.base import SEARCH_METHODS, Policy, SearchResult
-from posttrain.trainers.common import ModelConfig
 
 __all__ = ["SearchConfig", "SearchOptions", "run_search", "run"]
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    n: int = 8  # samples for best_of_n / votes
-    num_beams: int = 4
-    expansions_per_beam: int = 4
-    max_steps: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    max_step_tokens: int = 256
-    step_sep: str = "\n"
-    step_agg: str = "min"
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    method: tuple[str, ...] = ("greedy", "majority_vote")
-    benchmark: str = "gsm8k"
-    prm: str = ""  # a PRM folder from `posttrain prm` (needed by best_of_n, weighted_vote, prm_beam_search, mcts)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="smollm2-135m-instruct"))
-    data: EvalData = field(default_factory=lambda: EvalData(limit=50))
-    search: SearchOptions = field(default_factory=SearchOptions)
-    train: EvalRun = field(default_factory=lambda: EvalRun(out="runs/search"))
 
 
 def _options(fn, opts: SearchOptions, extract, group, seed: int) -> dict:
@@ -103,7 +75,8 @@ def run(cfg: SearchConfig) -> list[dict]:
     for name in cfg.method:
         if name != "greedy":
             SEARCH_METHODS.get(name)  # unknown names fail before any model loads
-    loaded = load_benchmark(cfg.benchmark, cfg.data.path or None, cfg.data.root or None, cfg.data.limit, cfg.data.on_error)
+    loaded = load_benchmark(cfg.benchmark, cfg.data.path or None, cfg.data.root or None, cfg.data.limit, cfg.data.on_error,
+                            columns=cfg.data.columns, checker=cfg.data.checker, template=cfg.data.template)
     model, tok = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     scorer = None
     if cfg.prm:

@@ -27,6 +27,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from posttrain.config import ConfigError
 from posttrain.tasks.base import TASKS, Task, in_eval_split
 
 
@@ -160,5 +161,5 @@ class Addition(Task):
 @TASKS.register("addition")
 def _make_addition(digits: int = 3, scratchpad: int = 0, shuffle: int = 0) -> Addition:
     if shuffle and not scratchpad:
-        raise ValueError("addition: shuffle=1 needs a scratchpad (scratchpad=1 or 2): it orders the scratchpad's addends")
+        raise ConfigError("addition: shuffle=1 needs a scratchpad (scratchpad=1 or 2): it orders the scratchpad's addends")
     return Addition(name="addition", digits=digits, scratchpad=scratchpad, shuffle=shuffle)

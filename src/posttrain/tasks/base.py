@@ -49,4 +49,19 @@ def load_task_spec(spec: str) -> Task:
 
 
 def get_task(name: str, **kwargs) -> Task:
-    return TASKS.get(name)(**kwargs)
+    """The task `name` built with `kwargs`; an unknown option or a value of the wrong type is a
+    `ConfigError` naming the option and what the task takes."""
+    import inspect
+
+    from posttrain.config import ConfigError
+
+    cls = TASKS.get(name)
+    params = {k: p for k, p in inspect.signature(cls).parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD}
+    for k, v in kwargs.items():
+        if k not in params:
+            known = ", ".join(f"{n}={p.default!r}" for n, p in params.items()) or "none"
+            raise ConfigError(f"task '{name}': unknown option '{k}' (options and defaults: {known})")
+        default = params[k].default
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and not isinstance(v, (int, float)):
+            raise ConfigError(f"task '{name}': option '{k}' must be a number, got {v!r}")
+    return cls(**kwargs)

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.data import encode_prompt
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.configs import DataConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: F401  (re-exported)
@@ -48,7 +49,7 @@ def build_optimizer(model, cfg: OptimConfig, max_steps: int):
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos
 
     if cfg.schedule not in ("cosine", "constant"):
-        raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got '{cfg.schedule}'")
+        raise ConfigError(f"optim.schedule must be 'cosine' or 'constant', got '{cfg.schedule}'")
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 

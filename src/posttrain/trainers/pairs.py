@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.data import DataError, Example, encode_prompt, encode_response, load_examples
 from posttrain.data.collate import IGNORE
 from posttrain.logging import console, warn
@@ -123,7 +124,7 @@ def load_pairs(data_cfg, split: str, seed: int = 3) -> tuple[list[Example], obje
     if data_cfg.path.startswith("task:"):
         task = load_task_spec(data_cfg.path[len("task:"):])
         if not hasattr(task, "preference_rows"):
-            raise ValueError(f"task '{task.name}' cannot generate preference pairs (no preference_rows)")
+            raise ConfigError(f"task '{task.name}' cannot generate preference pairs (no preference_rows)")
         n = data_cfg.eval_rows if split == "eval" else data_cfg.train_rows
         if n == 0:
             return [], task

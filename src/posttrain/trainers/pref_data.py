@@ -6,6 +6,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 
+from posttrain.config import ConfigError
 from posttrain.data import DataError, Example, encode_prompt
 from posttrain.losses.preference import PREFERENCE_LOSSES, UNPAIRED_LOSSES
 from posttrain.trainers.pairs import TokenizedPair, _truncate, tokenize_response
@@ -33,12 +34,12 @@ def parse_loss_spec(spec: str) -> dict[str, float]:
         try:
             out[name] = float(weight) if weight else 1.0
         except ValueError:
-            raise ValueError(f"loss spec '{spec}': weight of '{name}' must be a number, got '{weight}'") from None
+            raise ConfigError(f"loss spec '{spec}': weight of '{name}' must be a number, got '{weight}'") from None
     if not out:
-        raise ValueError("loss spec is empty; give a loss name such as 'dpo'")
+        raise ConfigError("loss spec is empty; give a loss name such as 'dpo'")
     unpaired = [n for n in out if n in UNPAIRED_LOSSES]
     if unpaired and len(out) > 1:
-        raise ValueError(f"loss spec '{spec}': the unpaired loss '{unpaired[0]}' cannot be mixed with other losses")
+        raise ConfigError(f"loss spec '{spec}': the unpaired loss '{unpaired[0]}' cannot be mixed with other losses")
     return out
 
 

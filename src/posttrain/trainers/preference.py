@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_peak_lr, set_rng_state, torch_save_atomic
 from posttrain.errors import UserError
 from posttrain.runs import prepare_run
@@ -65,7 +66,7 @@ class PreferenceTrainer:
         self.hp = {k: float(v) for k, v in cfg.pref.loss_args.items()}
         self.uses_reference = any(name not in REFERENCE_FREE for name in self.losses)
         if cfg.pref.reference not in ("cached", "live"):
-            raise ValueError(f"pref.reference must be 'cached' or 'live', got '{cfg.pref.reference}'")
+            raise ConfigError(f"pref.reference must be 'cached' or 'live', got '{cfg.pref.reference}'")
         self._train_rows = load_pairs(cfg.data, "train")  # the data first: a bad row is reported before any model is loaded
         self._eval_rows = load_pairs(cfg.data, "eval")[0]
         self.loaded_model = model is None
@@ -97,7 +98,7 @@ class PreferenceTrainer:
         train, self.task = self._train_rows
         if c.pref.self_generated > 0:
             if self.task is None:
-                raise ValueError("pref.self_generated needs task data (data.path task:NAME) to verify the samples")
+                raise ConfigError("pref.self_generated needs task data (data.path task:NAME) to verify the samples")
             t0 = time.perf_counter()
             train, stats = self_generated_rejections(self.model, self.tokenizer, self.task, train, c.pref.self_generated,
                                                      c.pref.self_generated_temperature, c.pref.eval_max_new_tokens, c.train.seed)

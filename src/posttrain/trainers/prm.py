@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.checkpoint import load_state, save_checkpoint, set_peak_lr, set_rng_state
 from posttrain.errors import UserError
 from posttrain.runs import prepare_run
@@ -154,7 +155,7 @@ def load_prm_rows(cfg: PRMConfig, seed: int = 0) -> list[dict]:
         if opts.solution_policy and opts.solution_policy != completer_name:
             generator, gtok = load_model_and_tokenizer(opts.solution_policy, seed=seed)
             if gtok.get_vocab() != ptok.get_vocab():
-                raise ValueError(f"prm.solution_policy {opts.solution_policy} and the completer {completer_name} "
+                raise ConfigError(f"prm.solution_policy {opts.solution_policy} and the completer {completer_name} "
                                  "must share a tokenizer (step prefixes are passed as token ids)")
         console.print(f"prm: labelling {opts.label_problems} problems x {opts.solutions_per_problem} solutions from "
                       f"{opts.solution_policy or completer_name}, {opts.rollouts_per_step} rollouts per step with "
@@ -195,7 +196,7 @@ class PRMTrainer:
             warn(f"{len(enc) - len(kept)} rows dropped (prompt alone exceeds data.max_length={cfg.data.max_length}), "
                  f"{cut} cut short")
         if cfg.prm.labels not in ("soft", "hard"):
-            raise ValueError(f"prm.labels must be 'soft' or 'hard', got {cfg.prm.labels!r}")
+            raise ConfigError(f"prm.labels must be 'soft' or 'hard', got {cfg.prm.labels!r}")
         n_eval = int(len(kept) * cfg.prm.eval_share) if len(kept) > 10 else 0
         perm = torch.randperm(len(kept), generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
         self.eval_set = [(enc[kept[j]], labels[kept[j]]) for j in perm[:n_eval]]

@@ -47,8 +47,10 @@ from pathlib import Path
 
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.advantages import compute_advantages, expand_to_tokens, process_advantages, zero_std_group_fraction
 from posttrain.checkpoint import restore_checkpoint, save_checkpoint
+from posttrain.runs import prepare_run
 from posttrain.data import encode_prompt
 from posttrain.logging import MetricsLogger, ProgressBar, console, warn
 from posttrain.models import load_model_and_tokenizer
@@ -56,7 +58,8 @@ from posttrain.ops import masked_mean
 from posttrain.rewards import make_overlong_penalty
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.common import (
-    DataOrder, apply_lora, build_optimizer, default_verifier, exact_match_eval, load_split, seed_everything,
+    DataOrder, apply_lora, build_optimizer, default_verifier, exact_match_eval, load_split, saved_on_interrupt,
+    seed_everything,
 )
 from posttrain.trainers.rl_batch import (
     RolloutBatch, ValueModel, batched_no_grad, build_reward_fns, collate_completions, is_empty_prompt,
@@ -76,10 +79,12 @@ class RLTrainer:
         self.cfg, c = cfg, cfg.rl
         self.alg = algorithm_of(cfg.algo, c)
         if c.minibatches_per_rollout < 1 or c.epochs_per_rollout < 1 or c.samples_per_prompt < 1:
-            raise ValueError("minibatches_per_rollout, epochs_per_rollout and samples_per_prompt must be >= 1")
+            raise ConfigError("minibatches_per_rollout, epochs_per_rollout and samples_per_prompt must be >= 1")
         if self.alg.loss == "dpo" and c.samples_per_prompt < 2:
-            raise ValueError("online_dpo needs samples_per_prompt >= 2 (a pair per prompt)")
+            raise ConfigError("online_dpo needs samples_per_prompt >= 2 (a pair per prompt)")
+        self.resume_from = prepare_run(cfg, "rl", (cfg.model.name, c.prm_model))
         seed_everything(cfg.train.seed)
+        self._raw_rows = self._read_rows()  # the data first: a bad row is reported before any model is loaded
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
         self.model, self.tokenizer = apply_lora(model, cfg.model), tokenizer
@@ -92,7 +97,7 @@ class RLTrainer:
         self.critic_opt = build_optimizer(self.critic, cfg.optim, total_updates)[0] if self.critic else None
         self.engine = self._build_engine()
         if c.prm_model and (self.alg.loss == "dpo" or c.prm_coef < 0):
-            raise ValueError("rl.prm_model needs a policy-gradient --algo (not online_dpo) and rl.prm_coef >= 0")
+            raise ConfigError("rl.prm_model needs a policy-gradient --algo (not online_dpo) and rl.prm_coef >= 0")
         self.prm_scorer, self.prm_sep = (None, "") if not c.prm_model else load_prm_scorer(
             c.prm_model, c.prm_step_sep, c.sequences_per_microbatch, cfg.data.max_length)
         self.run_dir, self.step_num = Path(cfg.train.out), 0
@@ -106,7 +111,7 @@ class RLTrainer:
     # ------------------------------------------------------------------ set-up
     def _load_data(self, reward_fns) -> None:
         cfg, c = self.cfg, self.cfg.rl
-        rows, self.task, self.load_counts = self._read_rows()
+        rows, self.task, self.load_counts = self._raw_rows
         max_prompt = cfg.data.max_length - c.max_new_tokens
         self.rows, self.prompt_ids = [], []
         for ex in rows:
@@ -121,7 +126,7 @@ class RLTrainer:
         if self.load_counts:
             warn(f"rl data: skipped {dict(self.load_counts)} of {len(rows)} rows (empty prompts / longer than data.max_length - max_new_tokens = {max_prompt})")
         if not self.rows:
-            raise ValueError(f"rl data '{cfg.data.path}': no usable prompts ({dict(self.load_counts)})")
+            raise ConfigError(f"rl data '{cfg.data.path}': no usable prompts ({dict(self.load_counts)})")
         self.reward_fns = list(reward_fns) if reward_fns else build_reward_fns(c.reward, c.reward_weights, self.task)
         if self.alg.overlong_buffer > 0:
             self.reward_fns.append((make_overlong_penalty(c.max_new_tokens, self.alg.overlong_buffer), self.alg.overlong_penalty))
@@ -163,7 +168,7 @@ class RLTrainer:
             engine = VLLMEngine(str(folder), seed=self.cfg.train.seed)
             engine.update_weights(self.model)
             return engine
-        raise ValueError(f"rl.engine must be 'hf' or 'vllm', got '{c.engine}'")
+        raise ConfigError(f"rl.engine must be 'hf' or 'vllm', got '{c.engine}'")
 
     def describe(self) -> dict:
         c = self.cfg.rl
@@ -398,12 +403,13 @@ class RLTrainer:
         c = self.cfg
         console.print(f"rl config: {json.dumps(dataclasses.asdict(c), default=str)}")
         console.print(f"rl sizes: {json.dumps(self.describe(), default=str)}")
-        before = self.evaluate() if c.train.eval_every >= 0 else {}
+        before = self.evaluate() if c.train.eval_every >= 0 and self.step_num == 0 else {}
         if before:
             console.print(f"eval before RL: {json.dumps({k: round(v, 4) for k, v in before.items()})}")
             self.logger.log(before, self.step_num)
         last: dict = {}
-        with ProgressBar(c.train.max_steps, f"rl/{c.algo}", c.train.progress, start=self.step_num) as bar:
+        with saved_on_interrupt(self, "rl", "step_num"), \
+                ProgressBar(c.train.max_steps, f"rl/{c.algo}", c.train.progress, start=self.step_num) as bar:
             while self.step_num < c.train.max_steps:
                 m = self.step()
                 for msg in health_warnings(m, self.alg, c.rl.min_entropy, c.rl.max_kl):
@@ -435,7 +441,7 @@ class RLTrainer:
         return save_checkpoint(self.run_dir, self.step_num, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
 
     def _resume(self) -> None:
-        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched)
+        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr)
         if st is None:
             return
         if self.critic is not None:

@@ -76,11 +76,12 @@ def is_empty_prompt(ex: Example) -> bool:
 
 
 def reward_columns(rows: list[Example], completions: list[Completion]) -> dict[str, list]:
-    """Dataset columns aligned with completions: answer, extra row fields, token lengths."""
+    """Dataset columns aligned with completions: answer, extra row fields, token lengths and ids."""
     cols: dict[str, list] = {"answer": [ex.answer for ex in rows]}
     for key in {k for ex in rows for k in ex.extra}:
         cols[key] = [ex.extra.get(key) for ex in rows]
     cols["completion_lengths"] = [len(c.token_ids) for c in completions]
+    cols["completion_ids"] = [list(c.token_ids) for c in completions]  # TRL's keyword for the rollout's ids
     return cols
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from posttrain.config import ConfigError
 from posttrain.advantages import ADVANTAGE_ESTIMATORS
 from posttrain.losses.policy import POLICY_LOSSES
 from posttrain.ops import KL_ESTIMATORS, REDUCERS
@@ -82,11 +83,11 @@ class Algorithm:
         REDUCERS.get(self.reducer)
         KL_ESTIMATORS.get(self.kl_estimator)
         if self.kl_placement not in ("loss", "reward", "none"):
-            raise ValueError(f"kl_placement must be loss, reward or none, got '{self.kl_placement}'")
+            raise ConfigError(f"kl_placement must be loss, reward or none, got '{self.kl_placement}'")
         if self.estimator == "gae" and not self.value_model:
-            raise ValueError("the gae estimator needs value_model=true (a critic)")
+            raise ConfigError("the gae estimator needs value_model=true (a critic)")
         if self.overlong_buffer < 0 or self.clip_low < 0 or self.clip_high < 0 or self.kl_coef < 0:
-            raise ValueError("overlong_buffer, clip_low, clip_high and kl_coef must be >= 0")
+            raise ConfigError("overlong_buffer, clip_low, clip_high and kl_coef must be >= 0")
 
 
 PRESETS: dict[str, dict] = {
@@ -106,11 +107,11 @@ PRESETS: dict[str, dict] = {
 def resolve_algorithm(algo: str, overrides: dict, max_new_tokens: int) -> Algorithm:
     """The preset `algo` with every non-None entry of `overrides` (field -> value) applied on top."""
     if algo not in PRESETS:
-        raise ValueError(f"unknown --algo '{algo}'; known: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown --algo '{algo}'; known: {', '.join(PRESETS)}")
     known = {f.name for f in dataclasses.fields(Algorithm)}
     unknown = set(overrides) - known
     if unknown:
-        raise ValueError(f"unknown algorithm axes {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown algorithm axes {sorted(unknown)}; known: {sorted(known)}")
     values = {**PRESETS[algo], **{k: v for k, v in overrides.items() if v is not None}}
     if values.get("overlong_buffer") == -1:
         values["overlong_buffer"] = max(1, max_new_tokens // 4)

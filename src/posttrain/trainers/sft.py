@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from posttrain.config import ConfigError
 from posttrain.checkpoint import restore_checkpoint, save_checkpoint
 from posttrain.runs import prepare_run
 from posttrain.data import TokenizedExample, check_sft_examples, pack_rows, packed_batch, pad_batch, tokenize_sft_examples
@@ -77,7 +78,7 @@ class SFTTrainer:
         if cfg.sft.tokens_per_row == 0:
             self.cfg = cfg = dataclasses.replace(cfg, sft=dataclasses.replace(cfg.sft, tokens_per_row=longest))
         elif cfg.sft.pack and longest > cfg.sft.tokens_per_row:
-            raise ValueError(f"sft.tokens_per_row={cfg.sft.tokens_per_row} is shorter than the longest example ({longest}); raise it or lower data.max_length")
+            raise ConfigError(f"sft.tokens_per_row={cfg.sft.tokens_per_row} is shorter than the longest example ({longest}); raise it or lower data.max_length")
         self.eval_tokenized, n_long_eval, _ = tokenize_sft_examples(
             tokenizer, [ex for ex in self.eval_examples if ex.completion], cfg.data.max_length, "skip")
         if n_long_eval:
