@@ -74,7 +74,6 @@ def test_reward_with_a_signature_mismatch_stops_the_run(tmp_path):
         trainer.step()
 
 
-@pytest.mark.slow
 def test_grpo_with_trl_style_correctness_reward_raises_the_reward(tmp_path):
     """SFT a tiny model to a low held-out accuracy (~30-50% train reward), then GRPO with a TRL-style 0/1
     correctness reward: the mean reward of the last 10 steps beats the first 10 (about 6 s on one thread)."""
