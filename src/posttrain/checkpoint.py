@@ -38,7 +38,7 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -46,12 +46,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (before it is renamed into place)."""
     for dirpath, _, files in os.walk(root):
         for name in files:
             with open(Path(dirpath) / name, "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -63,7 +64,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def torch_save_atomic(obj, path: Path) -> None:
@@ -75,7 +76,7 @@ def torch_save_atomic(obj, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def clean_temporary(run_dir: Path) -> list[str]:
@@ -117,13 +118,13 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / "trainer_state.pt")
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     aside = ckdir / f".old-step-{step:07d}"
     if final.exists():  # re-saving the same step: move the old one aside first, delete it last
         shutil.rmtree(aside, ignore_errors=True)
         os.rename(final, aside)
     os.rename(tmp, final)
-    _fsync_dir(ckdir)
+    fsync_dir(ckdir)
     write_text_atomic(ckdir / "latest", final.name)
     shutil.rmtree(aside, ignore_errors=True)
     _prune(ckdir, keep, final.name)

@@ -127,7 +127,9 @@ def save_base(peft_model, root: Path, tokenizer=None) -> Path:
             tokenizer.save_pretrained(tmp)
         (tmp / BASE_META).write_text(json.dumps({"fingerprint": fp, "base_model": src.name if src else "",
                                                  "seed": src.seed if src else None}, indent=1))
-        _fsync_tree(tmp)
+        from posttrain.checkpoint import fsync_tree
+
+        fsync_tree(tmp)
         try:
             os.rename(tmp, cand)
         except OSError:  # written meanwhile by another process
@@ -135,18 +137,6 @@ def save_base(peft_model, root: Path, tokenizer=None) -> Path:
             continue
         return cand
     raise RuntimeError(f"{root}: cannot save the LoRA base model (base and base-{fp[:12]} both taken)")
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            with open(Path(dirpath) / name, "rb") as f:
-                os.fsync(f.fileno())
-        fd = os.open(dirpath, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _read_json(path: Path) -> dict:
