@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return STAGES[name][1](rest) or 0
     except KeyboardInterrupt:
-        print(f"posttrain {name}: interrupted (a training stage saved a checkpoint first; continue with --resume)", file=sys.stderr)
+        print(f"posttrain {name}: interrupted", file=sys.stderr)  # a training loop has said what it saved
         return 130
     except UserError as e:
         if debug:
