@@ -261,3 +261,31 @@ def test_prm_step_rewards_land_on_step_end_tokens():
     assert split_token_steps(tok, ids[0], "\n")[1] == [3, 6, 12]
     with pytest.raises(ValueError, match="must be equal"):
         prm_step_rewards(scorer, ["p"], texts, ids, tok)
+
+
+def test_prm_saves_every_n_steps_and_resumes_exactly(tmp_path):
+    """save_every and --resume are honoured: 2 steps, saved, then resumed to 5 equals 5 straight steps."""
+    import json
+
+    from posttrain.checkpoint import checkpoint_steps
+    from posttrain.models import load_model_and_tokenizer
+
+    def make(out, steps, resume=False):
+        model, tok = load_model_and_tokenizer("tiny-llama:d=32,l=1,h=2", seed=0)
+        cfg = PRMConfig(data=DataConfig(path="<rows>", max_length=64), optim=OptimConfig(lr=1e-2, schedule="constant"),
+                        train=TrainConfig(out=str(out), max_steps=steps, progress=False, save_every=2, resume=resume),
+                        prm=PRMOptions(sequences_per_step=8, sequences_per_microbatch=4, eval_share=0.0))
+        return PRMTrainer(cfg, model, tok, rows=_rows(40))
+
+    make(tmp_path / "straight", 5).train()
+    make(tmp_path / "r", 2).train()
+    assert checkpoint_steps(tmp_path / "r") == [2]
+    make(tmp_path / "r", 5, resume=True).train()
+    assert checkpoint_steps(tmp_path / "r") == [4, 5]
+
+    def losses(out):
+        return [(r["step"], r["loss"]) for r in map(json.loads, open(out / "metrics.jsonl")) if "loss" in r]
+
+    got, want = losses(tmp_path / "r"), losses(tmp_path / "straight")
+    assert [s for s, _ in got] == [1, 2, 3, 4, 5]
+    assert [l for _, l in got] == pytest.approx([l for _, l in want], abs=1e-6)
