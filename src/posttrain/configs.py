@@ -183,7 +183,14 @@ class RLOptions:
     rollout_sequences_per_batch: int = ranged(256, gt=0)  # sequences decoded together by the engine
     lean_decoder: bool = True  # hf engine: models.fast.LeanDecoder for plain Llama/Qwen2/Mistral models
     share_prompts: bool = True  # policy / reference passes run each group's prompt once (same values)
-    max_refill_rounds: int = ranged(3, ge=0)  # dynamic sampling: extra sampling rounds per step
+    max_refill_rounds: int = ranged(3, ge=0)  # extra sampling rounds per step while gates refuse groups (dynamic sampling, reward_band)
+    # online curriculum (posttrain.trainers.curriculum): which prompts are sampled, which groups are admitted
+    sampler: Literal["uniform", "pass_rate"] = "uniform"  # uniform passes, or prefer prompts with pass rate near 1/2 (weight p(1-p) + floor)
+    curriculum_ema: float = ranged(0.5, gt=0, le=1)  # pass_rate sampler: weight of a prompt's newest group mean in its pass rate
+    curriculum_prior: float = ranged(0.5, ge=0, le=1)  # pass_rate sampler: pass rate assumed for a prompt not yet sampled
+    curriculum_floor: float = ranged(0.02, gt=0)  # pass_rate sampler: weight added to every prompt (solved / unsolved ones are revisited)
+    min_reward_spread: float = ranged(0.0, ge=0)  # dynamic sampling admits a group whose reward max - min exceeds this (0: DAPO's not-all-equal)
+    reward_band: tuple[float, ...] = ()  # lo,hi: admit only groups whose mean reward lies in [lo, hi] (empty: no band gate)
     reward: str = ""  # comma list of task, math, format, countdown, exact; empty: the task's verifier / math
     reward_weights: dict[str, float] = field(default_factory=dict)  # weight per reward name: task=1,format=0.2
     reward_timeout_s: float = ranged(60.0, gt=0)  # a reward call slower than this scores 0 and is counted

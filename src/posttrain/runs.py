@@ -25,7 +25,7 @@ from posttrain.config import dump_yaml, flat_dict, from_dict, read_yaml
 from posttrain.errors import UserError
 
 CONFIG_FILE = "config.yaml"
-RUN_FILES = ("metrics.jsonl", CONFIG_FILE, "reference_logps.pt", "tensorboard", "wandb", "mlruns")
+RUN_FILES = ("metrics.jsonl", "prompt_rewards.jsonl", CONFIG_FILE, "reference_logps.pt", "tensorboard", "wandb", "mlruns")
 # may differ on --resume without being a change of the experiment
 FREE_ON_RESUME = ("train.resume", "train.overwrite", "train.resume_changes", "train.max_steps", "train.eval_every",
                   "train.save_every", "train.keep_checkpoints", "train.log_every", "train.loggers", "train.progress")
@@ -89,7 +89,8 @@ def prepare_run(cfg, stage: str, models: tuple[str, ...] = ()) -> Path | None:
             found = "the folder does not exist" if not out.exists() else _describe(out) if holds_run(out) else "it holds no run"
             raise UserError(f"--resume: no checkpoint to resume in {out} ({found}); check --out, or start a new run without --resume")
         _check_resume(cls=type(cfg), cfg=cfg, out=out, stage=stage, warn=warn, console=console)
-        rewind_metrics(out / "metrics.jsonl", int(ck.name.split("-")[1]))
+        for log in ("metrics.jsonl", "prompt_rewards.jsonl"):  # step-keyed logs: lines after the checkpoint go
+            rewind_metrics(out / log, int(ck.name.split("-")[1]))
     elif out.is_dir() and holds_run(out):
         if not cfg.train.overwrite:
             raise UserError(f"{_describe(out)}; continue it with --resume, start afresh with --train.overwrite true, or pick another --out")

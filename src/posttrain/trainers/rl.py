@@ -58,9 +58,10 @@ from posttrain.ops import masked_mean
 from posttrain.rewards import make_overlong_penalty
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.common import (
-    DataOrder, apply_lora, build_optimizer, default_verifier, exact_match_eval, load_split, saved_on_interrupt,
+    apply_lora, build_optimizer, default_verifier, exact_match_eval, load_split, saved_on_interrupt,
     seed_everything,
 )
+from posttrain.trainers.curriculum import admit, make_sampler
 from posttrain.trainers.rl_batch import (
     RolloutBatch, ValueModel, batched_no_grad, build_reward_fns, collate_completions, is_empty_prompt,
     load_prm_scorer, policy_forward, prm_step_scores, prompt_text, score,
@@ -107,6 +108,14 @@ class RLTrainer:
         if cfg.train.resume:
             self._resume()
         self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+        self._prompt_log = open(self.run_dir / "prompt_rewards.jsonl", "a")  # per-prompt reward history (LIMR)
+
+    def _log_prompt(self, i: int, rewards: torch.Tensor, admitted: bool) -> None:
+        """One line per sampled group: the data for LIMR's learning-impact score (`posttrain data select`)."""
+        ex = self.rows[i]
+        self._prompt_log.write(json.dumps({"step": self.step_num + 1, "prompt_id": i, "where": getattr(ex, "where", ""),
+                                           "reward_mean": float(rewards.mean()), "admitted": admitted}) + "\n")
+        self._prompt_log.flush()
 
     # ------------------------------------------------------------------ set-up
     def _load_data(self, reward_fns) -> None:
@@ -132,7 +141,10 @@ class RLTrainer:
             self.reward_fns.append((make_overlong_penalty(c.max_new_tokens, self.alg.overlong_buffer), self.alg.overlong_penalty))
         self.eval_rows = load_split(cfg.data, "eval")[0] if cfg.data.eval_rows > 0 else []
         self.verify = default_verifier(self.task)
-        self.order = DataOrder(len(self.rows), cfg.train.seed)
+        self.sampler = make_sampler(c.sampler, len(self.rows), cfg.train.seed, c.curriculum_ema, c.curriculum_prior,
+                                    c.curriculum_floor)
+        if c.reward_band and not (len(c.reward_band) == 2 and c.reward_band[0] <= c.reward_band[1]):
+            raise ConfigError(f"rl.reward_band: expected lo,hi with lo <= hi, got {','.join(map(str, c.reward_band))}")
 
     def _read_rows(self):
         """(examples, task, counts of rows skipped at load by reason) for the rl split."""
@@ -210,7 +222,7 @@ class RLTrainer:
 
     def _sample(self, n_prompts: int, round_: int):
         c = self.cfg.rl
-        idx = self.order.take(n_prompts)
+        idx = self.sampler.take(n_prompts)
         params = SamplingParams(n=c.samples_per_prompt, temperature=c.temperature, top_p=c.top_p,
                                 max_new_tokens=c.max_new_tokens, stop=tuple(c.stop),
                                 seed=self.cfg.train.seed * 1_000_003 + self.step_num * 97 + round_)
@@ -222,7 +234,8 @@ class RLTrainer:
         c, alg = self.cfg.rl, self.alg
         kept: list[tuple[int, list, torch.Tensor, object]] = []  # (row index, completions, rewards, reward output)
         stats = Counter()
-        for round_ in range(1 + (c.max_refill_rounds if alg.dynamic_sampling else 0)):
+        gated = alg.dynamic_sampling or bool(c.reward_band)
+        for round_ in range(1 + (c.max_refill_rounds if gated else 0)):
             need = c.prompts_per_step - len(kept)
             if need <= 0:
                 break
@@ -232,17 +245,21 @@ class RLTrainer:
             out = score(self.reward_fns, rows, flat, c.reward_timeout_s)
             self._count_reward_failures(out, stats)
             stats["sampled_groups"] += len(idx)
-            for g, i in enumerate(idx):
-                r = out.total[g * c.samples_per_prompt : (g + 1) * c.samples_per_prompt]
-                if alg.dynamic_sampling and (r.max() - r.min()) == 0:
+            groups = [out.total[g * c.samples_per_prompt : (g + 1) * c.samples_per_prompt] for g in range(len(idx))]
+            self.sampler.observe(idx, [float(r.mean()) for r in groups])
+            for g, (i, r) in enumerate(zip(idx, groups)):
+                refused = admit(r, alg.dynamic_sampling, c.min_reward_spread, tuple(c.reward_band))
+                self._log_prompt(i, r, refused is None)
+                if refused is not None:
                     stats["dropped_groups"] += 1
+                    stats[f"dropped_{refused}"] += 1
                     continue
                 kept.append((i, outs[g], r, out))
         m.update({f"reward/{k}": v for k, v in stats.items()})
-        if alg.dynamic_sampling:
+        if gated:
             m["dynamic_sampling/kept_groups"] = len(kept)
             if len(kept) < c.prompts_per_step:
-                self._warn("refill", f"dynamic sampling kept {len(kept)}/{c.prompts_per_step} groups after {c.max_refill_rounds} refills")
+                self._warn("refill", f"the admission gates kept {len(kept)}/{c.prompts_per_step} groups after {c.max_refill_rounds} refills")
         if not kept:
             self._warn("no_groups", "no group with reward variance this step: nothing to learn, update skipped")
             return None
@@ -431,11 +448,12 @@ class RLTrainer:
             console.print(f"rl bad cases: {json.dumps({**dict(self.counts), **dict(self.load_counts)})}")
         path = self.save()
         self.logger.close()
+        self._prompt_log.close()
         return {**last, **{f"before/{k}": v for k, v in before.items()}, **final, "checkpoint": str(path),
                 "bad_cases": {**dict(self.counts), **dict(self.load_counts)}}
 
     def save(self) -> Path:
-        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
+        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.sampler.state()}
         if self.critic is not None:
             state.update(critic=self.critic.state_dict(), critic_optimizer=self.critic_opt.state_dict())
         return save_checkpoint(self.run_dir, self.step_num, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
@@ -447,7 +465,7 @@ class RLTrainer:
         if self.critic is not None:
             self.critic.load_state_dict(st["critic"])
             self.critic_opt.load_state_dict(st["critic_optimizer"])
-        self.order = DataOrder(len(self.rows), self.cfg.train.seed, **st["data"])
+        self.sampler.load_state(st["data"])
         self.step_num = st["step"]
         self.engine.update_weights(self.model)
 
