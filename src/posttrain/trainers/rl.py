@@ -113,6 +113,8 @@ class RLTrainer:
     def _log_prompt(self, i: int, rewards: torch.Tensor, admitted: bool) -> None:
         """One line per sampled group: the data for LIMR's learning-impact score (`posttrain data select`)."""
         ex = self.rows[i]
+        if self._prompt_log.closed:  # collecting after train() finished
+            self._prompt_log = open(self.run_dir / "prompt_rewards.jsonl", "a")
         self._prompt_log.write(json.dumps({"step": self.step_num + 1, "prompt_id": i, "where": getattr(ex, "where", ""),
                                            "reward_mean": float(rewards.mean()), "admitted": admitted}) + "\n")
         self._prompt_log.flush()
