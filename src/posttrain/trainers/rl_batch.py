@@ -140,6 +140,7 @@ NAMED_REWARDS: dict[str, Callable[[], Callable]] = {
     "format": make_format_reward,
     "countdown": lambda: countdown_reward,
     "exact": lambda: exact_match,
+    "code": lambda: __import__("posttrain.rewards.code", fromlist=["code_reward"]).code_reward,  # sandboxed tests
 }
 
 
