@@ -88,7 +88,10 @@ def clean_temporary(run_dir: Path) -> list[str]:
             continue
         for p in root.iterdir():
             if p.name.startswith((".tmp-step-", ".old-step-")) or (p.name.startswith(".") and ".tmp-" in p.name):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
                 gone.append(p.name)
     return gone
 

@@ -61,7 +61,10 @@ def _clear(out: Path) -> None:
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     for name in RUN_FILES:
         p = out / name
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _inside(path: str, folder: Path) -> bool:
@@ -76,19 +79,20 @@ def prepare_run(cfg, stage: str, models: tuple[str, ...] = ()) -> Path | None:
 
     `models`: paths the run reads (its starting model, a PRM...): a folder about to be overwritten
     must not hold them."""
-    from posttrain.logging import console, warn
+    from posttrain.logging import console
 
     out = Path(cfg.train.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
-    clean_temporary(out) if out.is_dir() else None
+    if out.is_dir():
+        clean_temporary(out)
     ck = None
     if cfg.train.resume:
         ck = latest_checkpoint(out)
         if ck is None:
             found = "the folder does not exist" if not out.exists() else _describe(out) if holds_run(out) else "it holds no run"
             raise UserError(f"--resume: no checkpoint to resume in {out} ({found}); check --out, or start a new run without --resume")
-        _check_resume(cls=type(cfg), cfg=cfg, out=out, stage=stage, warn=warn, console=console)
+        _check_resume(cfg, out, stage)
         for log in ("metrics.jsonl", "prompt_rewards.jsonl"):  # step-keyed logs: lines after the checkpoint go
             rewind_metrics(out / log, int(ck.name.split("-")[1]))
     elif out.is_dir() and holds_run(out):
@@ -104,9 +108,11 @@ def prepare_run(cfg, stage: str, models: tuple[str, ...] = ()) -> Path | None:
     return ck
 
 
-def _check_resume(cls, cfg, out: Path, stage: str, warn, console) -> None:
+def _check_resume(cfg, out: Path, stage: str) -> None:
+    from posttrain.logging import console, warn
+
     try:
-        saved = saved_config(cls, out)
+        saved = saved_config(type(cfg), out)
     except UserError as e:
         raise UserError(f"--resume: cannot read the saved config: {e}") from None
     if saved is None:
