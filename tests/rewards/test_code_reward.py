@@ -179,3 +179,49 @@ def test_run_tests_accepts_a_pool_and_rejects_unknown_formats():
     assert run_tests(RIGHT, HUMANEVAL, sandbox=pool).passed == 4
     with pytest.raises(ValueError, match="no tests found"):
         run_tests(RIGHT, {"unknown": 1})
+    with pytest.raises(ValueError, match="cannot run"):  # a broken test is the data's fault, not a 0 for the program
+        run_tests(RIGHT, {"test": "import sys\nsys.exit(2)\ndef check(candidate):\n    assert True\n", "entry_point": "add"})
+
+
+@needs_sandbox
+def test_all_or_nothing_stops_at_the_first_timeout():
+    import time
+
+    loops = "```python\ndef add(a, b):\n    while True:\n        pass\n```"
+    t0 = time.monotonic()
+    assert code_reward([""], [loops], test=[HUMANEVAL["test"]], entry_point=["add"], timeout_s=0.5) == [0.0]
+    assert time.monotonic() - t0 < 4 * 0.5 + 3.0  # not one timeout per case
+
+
+HE32_PROMPT = ('import math\n\n\ndef poly(xs: list, x: float):\n    """Evaluates polynomial xs at x."""\n'
+               '    return sum([coeff * math.pow(x, i) for i, coeff in enumerate(xs)])\n\n\n'
+               'def find_zero(xs: list):\n    """Finds x such that poly(x) = 0."""\n')
+HE32_TEST = ("def check(candidate):\n    import math\n    for coeffs in ([1, 2], [-6, 11, -6, 1], [2, -3, 1]):\n"
+             "        solution = candidate(list(coeffs))\n        assert math.fabs(poly(coeffs, solution)) < 1e-4\n")
+HE32_RIGHT = ("    lo, hi = -1.0, 1.0\n    while poly(xs, lo) * poly(xs, hi) > 0:\n        lo *= 2.0\n        hi *= 2.0\n"
+              "    while hi - lo > 1e-10:\n        mid = (lo + hi) / 2.0\n"
+              "        if poly(xs, mid) * poly(xs, lo) > 0:\n            lo = mid\n        else:\n            hi = mid\n"
+              "    return lo\n")
+
+
+@needs_sandbox
+def test_humaneval_prompt_helpers_are_trusted_and_continuations_run():
+    tests = {"test": HE32_TEST, "entry_point": "find_zero", "prompt": HE32_PROMPT}
+    assert run_tests(HE32_RIGHT, tests).passed == 1  # a bare continuation of the prompt, run as prompt + body
+    assert code_reward([""], [HE32_RIGHT], test=[HE32_TEST], entry_point=["find_zero"], prompt=[HE32_PROMPT]) == [1.0]
+    forger = "def poly(xs, x):\n    return 0.0\n\ndef find_zero(xs):\n    return 123.0\n"
+    assert run_tests(forger, tests).passed == 0  # its poly is not the test's
+    # Without the prompt a helper the test does not define comes from the program, as in HumanEval's
+    # own harness; the reason to pass HumanEval's `prompt` column.
+    assert run_tests(forger, {"test": HE32_TEST, "entry_point": "find_zero"}).passed == 1
+    chat_rows = code_reward([""], [forger], test=[HE32_TEST], entry_point=["find_zero"],
+                            prompt=[[{"role": "user", "content": "x"}]])  # a chat prompt is not code: ignored
+    assert chat_rows == [1.0]
+
+
+@needs_sandbox
+def test_mbpp_tests_get_the_modules_the_program_imports_not_the_program():
+    tests = {"test_list": ["assert math.isclose(area(2), 12.566, rel_tol=1e-3)", "assert area(0) == 0"]}
+    assert run_tests("import math\ndef area(r):\n    return math.pi * r * r\n", tests).passed == 2
+    forger = "class math:\n    isclose = staticmethod(lambda *a, **k: True)\ndef area(r):\n    return 1\n"
+    assert run_tests(forger, tests).passed == 0  # a `math` of its own is a proxy returning plain data: no isclose

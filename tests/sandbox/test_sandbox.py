@@ -118,9 +118,10 @@ def test_a_fork_bomb_does_not_starve_a_concurrent_run():
 
 def test_background_process_does_not_outlive_the_call():
     marker = f"posttrain-daemon-{secrets.token_hex(6)}"
-    code = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-            f"        os.execv('/bin/sleep', ['sleep', '30', {marker!r}])\n    os._exit(0)\n"
-            "time.sleep(0.2)\nprint('left it running')")
+    code = ("import os, time\nr, w = os.pipe()\nif os.fork() == 0:\n    os.setsid()\n    pid = os.fork()\n"
+            f"    if pid == 0:\n        os.execv('/bin/sleep', [{marker!r}, '30'])\n"
+            "    os.write(w, str(pid).encode())\n    os._exit(0)\nos.close(w)\npid = int(os.read(r, 32))\n"
+            "time.sleep(0.2)\nos.kill(pid, 0)\nprint('left it running')")  # kill(pid, 0): it is alive
     r = run_python(code, timeout_s=5.0)
     assert r.status == "ok" and r.stdout == "left it running\n" and r.wall_s < 4.0
     assert procs_with(marker) == [] and my_zombies() == []
@@ -254,8 +255,8 @@ def test_process_isolation_runs_unprivileged_and_cleans_up(monkeypatch):
         if why is not None:
             pytest.skip(f"'process' isolation unavailable: {why}")
         marker = f"posttrain-proc-{secrets.token_hex(6)}"
-        code = ("import os\nprint(os.getuid())\nif os.fork() == 0:\n    os.setsid()\n"
-                f"    os.execv('/bin/sleep', ['sleep', '30', {marker!r}])\n")
+        code = ("import os, time\nprint(os.getuid())\npid = os.fork()\nif pid == 0:\n    os.setsid()\n"
+                f"    os.execv('/bin/sleep', [{marker!r}, '30'])\ntime.sleep(0.2)\nos.kill(pid, 0)\n")
         r = run_python(code, isolation="process")
         assert r.status == "ok" and int(r.stdout) >= sandbox_local.RUN_UID_BASE
         assert procs_with(marker) == [] and my_zombies() == []
@@ -300,3 +301,24 @@ def test_the_launcher_uses_the_base_interpreter_not_the_venv():
     assert os.path.realpath(sandbox_local.PYTHON) == sandbox_local.PYTHON
     assert not sandbox_local.PYTHON.startswith(str(PROJECT)) and Path(sandbox_local.PYTHON).exists()
     assert sys.flags is not None  # the caller's own interpreter is untouched
+
+
+def test_a_killed_caller_takes_its_sandbox_with_it():
+    import subprocess
+
+    tag = secrets.token_hex(6)
+    marker = f"posttrain-orphan-{tag}"  # spelt in two halves below, so only the sandboxed sleep's argv holds it
+    code = f"import os\nos.execv('/bin/sleep', ['posttrain-orphan-' + {tag!r}, '30'])"
+    caller = subprocess.Popen([sys.executable, "-c", f"from posttrain.sandbox import run_python\nrun_python({code!r}, timeout_s=30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while not procs_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert procs_with(marker), "the sandboxed program never started"
+    finally:
+        caller.kill()
+        caller.wait()
+    deadline = time.monotonic() + 5
+    while procs_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert procs_with(marker) == []  # launcher and init die with the caller (PR_SET_PDEATHSIG), then the namespace

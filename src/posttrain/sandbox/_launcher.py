@@ -7,7 +7,7 @@ only, no posttrain import), it reads one JSON config from stdin and:
 2. ("namespaces") unshares mount, PID, network, IPC and UTS namespaces (plus a user namespace when
    not root, mapping the caller's uid to 65534);
 3. forks **init**: pid 1 of the new PID namespace. Init builds the read-only minimal root (a tmpfs
-   with read-only binds of /usr, the interpreter, four device nodes and a private tmpfs at /sandbox),
+   with read-only binds of /usr, the interpreter, five device nodes and a private tmpfs at /sandbox),
    pivots into it, brings loopback up, writes the files, then forks the **program**, which drops to
    the run's uid, sets PR_SET_NO_NEW_PRIVS and the rlimits and execs ``python -I -S -B main.py``.
    When the program exits, init reports its wait status and exits; the kernel then kills and reaps
@@ -15,18 +15,17 @@ only, no posttrain import), it reads one JSON config from stdin and:
 4. enforces the wall clock: SIGALRM (the deadline) or SIGTERM (the caller asking, e.g. output over
    its limit) kill init through a pidfd, so no recycled pid can ever be hit.
 
-Status lines (JSON) go to the status pipe whose fd is in the config, never to stdout/stderr, which
-belong to the program.
+Status records (``repr`` of small dicts) go to the status pipe whose fd is in the config, never to
+stdout/stderr, which belong to the program. The config arrives ``marshal``-ed (the caller runs the
+same interpreter version). Only cheap modules are imported: this start-up is paid by every run.
 """
+import _signal as signal  # the C module: `signal` would import enum, a few ms of every run
 import ctypes
-import json
+import fcntl
+import marshal
 import os
-import shutil
-import signal
-import socket
 import struct
 import sys
-import tempfile
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -72,7 +71,7 @@ class Status:
 
     def send(self, **rec) -> None:
         try:
-            os.write(self.fd, (json.dumps(rec) + "\n").encode())
+            os.write(self.fd, (repr(rec) + "\n").encode())
         except OSError:
             pass
 
@@ -151,12 +150,15 @@ def build_root(cfg) -> None:
 
 def loopback_up() -> None:
     """Bring lo up in the new network namespace (nothing else exists there)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        import fcntl
-
+    s = libc.socket(2, 2, 0)  # AF_INET, SOCK_DGRAM (ctypes: the socket module costs ms to import)
+    if s < 0:
+        _check(s, "socket")
+    try:
         req = struct.pack("16sh14x", b"lo", 0)
         flags = struct.unpack("16sh14x", fcntl.ioctl(s, 0x8913, req))[1]  # SIOCGIFFLAGS
         fcntl.ioctl(s, 0x8914, struct.pack("16sh14x", b"lo", flags | 0x1))  # SIOCSIFFLAGS |= IFF_UP
+    finally:
+        os.close(s)
 
 
 def write_files(work: str, cfg) -> None:
@@ -208,7 +210,7 @@ def init_main(cfg, status: Status, stdin_fd: int) -> None:
         if cfg["isolation"] == "namespaces":
             build_root(cfg)
             loopback_up()
-            socket.sethostname("sandbox")
+            _check(libc.sethostname(b"sandbox", 7), "sethostname")
             work = WORK
         else:
             prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -256,7 +258,7 @@ def kill_uid(uid: int, gid: int) -> None:
 
 
 def main() -> None:
-    cfg = json.loads(sys.stdin.buffer.read())
+    cfg = marshal.loads(sys.stdin.buffer.read())
     status = Status(cfg["status_fd"])
     os.set_inheritable(status.fd, False)  # init keeps it across fork; the program loses it at exec
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -269,6 +271,8 @@ def main() -> None:
         if cfg["isolation"] == "namespaces":
             enter_namespaces(cfg)
         else:
+            import tempfile
+
             cfg["work_dir"] = tempfile.mkdtemp(prefix="posttrain-sandbox-")
             write_files(cfg["work_dir"], cfg)
     except BaseException as e:  # noqa: BLE001
@@ -307,6 +311,8 @@ def main() -> None:
     signal.signal(signal.SIGALRM, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if cfg["isolation"] == "process":
+        import shutil
+
         kill_uid(cfg["uid"], cfg["gid"])
         shutil.rmtree(cfg["work_dir"], ignore_errors=True)
     status.send(stopped=why[0] if why else None)

@@ -1,7 +1,8 @@
 """`run_python` and `LocalSandbox`: the caller's side of a sandboxed run (the launcher is `_launcher.py`)."""
 from __future__ import annotations
 
-import json
+import ast
+import marshal
 import math
 import os
 import secrets
@@ -66,7 +67,7 @@ def _launch(cfg: dict, status_w: int) -> subprocess.Popen:
                             stderr=subprocess.PIPE, pass_fds=(status_w,), start_new_session=True, env=ENV, cwd="/")
     os.close(status_w)
     try:
-        proc.stdin.write(json.dumps(cfg).encode())
+        proc.stdin.write(marshal.dumps(cfg))
         proc.stdin.close()
     except BrokenPipeError:  # the launcher died before reading: its status / exit code says why
         pass
@@ -114,8 +115,8 @@ def _parse_status(raw: bytes) -> dict:
     merged = {}
     for line in raw.decode("utf-8", "replace").splitlines():
         try:
-            merged.update(json.loads(line))
-        except ValueError:
+            merged.update(ast.literal_eval(line))  # repr() of a small dict, written by the launcher only
+        except (ValueError, SyntaxError, TypeError):
             continue
     return merged
 
