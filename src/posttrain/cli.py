@@ -87,12 +87,14 @@ STAGE_MODULES = {
     "eval": "posttrain.eval.harness",
     "search": "posttrain.search.cli",
     "export": "posttrain.export",
+    "data": "posttrain.datatools.stage",
 }
 
 
 # Stages whose config lives in the torch-free `posttrain.configs`: `--help` never imports torch.
 STAGE_CONFIGS = {"sft": "SFTConfig", "rm": "RewardConfig", "dpo": "PreferenceConfig", "rl": "RLConfig",
-                 "prm": "PRMConfig", "eval": "EvalConfig", "search": "SearchConfig", "export": "ExportConfig"}
+                 "prm": "PRMConfig", "eval": "EvalConfig", "search": "SearchConfig", "export": "ExportConfig",
+                 "data": "DataToolsConfig"}
 
 
 def _module_file(mod: str):
@@ -108,6 +110,9 @@ def _load_optional_stages() -> None:
 
         def runner(args, mod=mod, name=name):
             import importlib
+
+            if name == "data" and args and not args[0].startswith("-"):  # posttrain data dedup ...
+                args = ["--cmd", args[0], *args[1:]]
 
             if args and args[0] in ("-h", "--help"):
                 import posttrain.configs as configs

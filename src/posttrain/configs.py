@@ -341,3 +341,5 @@ class SearchConfig:
     search: SearchOptions = field(default_factory=SearchOptions)
     train: EvalRun = field(default_factory=lambda: EvalRun(out="runs/search"))
 
+
+from posttrain.datatools.config import DataToolsConfig  # noqa: E402,F401  (the `data` stage, for --help)
