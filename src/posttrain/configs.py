@@ -302,6 +302,7 @@ class EvalRun:  # named `train` in EvalConfig so that --out / --resume mean the 
     out: str = "runs/eval"  # results folder: samples.jsonl, results.json, results.md
     resume: bool = True  # continue a stopped evaluation in --out (its settings must match)
     progress: bool = True  # show a progress bar on a terminal
+    check_overlap: bool = True  # warn when the benchmark shares 13-grams with the training data of the run --model comes from (recorded in results.json)
 
 
 

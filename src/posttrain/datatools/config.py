@@ -82,7 +82,7 @@ class SelectOptions:
     checker: str = ""  # s1: check each row's completion against its answer: math|exact|numeric|task:SPEC (empty: no check)
     max_pass_rate: float = ranged(0.5, ge=0, le=1)  # s1: drop rows the base model solves more often than this (pass_rate column)
     unsolved: Literal["last", "drop"] = "last"  # s1: rows with pass_rate 0 come after every sometimes-solved row, or are dropped
-    diversity_column: str = ""  # s1: spread the selection over this column's values (MATH: type); empty: MinHash clusters of the text
+    diversity_column: str = ""  # s1: spread the selection over this column's values (MATH: type); empty: clusters of similar text (word-set Jaccard)
     cluster_threshold: float = ranged(0.5, gt=0, le=1)  # s1 without diversity_column: word-set Jaccard that puts two rows in one cluster
     history: str = ""  # limr: per-prompt reward history jsonl with step, prompt_id, reward_mean (RUN/prompt_rewards.jsonl)
     id_column: str = ""  # limr: the column the history's prompt_id names; empty: the row's 0-based position in --data

@@ -16,6 +16,11 @@ the batch's first problem, so a run resumed after a crash gives the same samples
 
 Outputs: `out/results.json` (settings, metrics, counts) and `out/results.md` (a markdown table).
 
+Training-data overlap (``--train.check_overlap``, default true): when ``--model`` lies in a posttrain
+run folder (``runs/x/checkpoints/step-N``, with the run's ``config.yaml`` one or two levels up), the
+run's ``data.path`` is read and every problem sharing a 13-word sequence with it is counted
+(`posttrain.datatools.decontam.eval_overlap`): a warning, and ``contamination`` in results.json.
+
 Your own data: ``posttrain eval --data.path FILE --data.columns question=prompt,solution=answer
 --data.checker math|exact|numeric|task:SPEC --data.template "...{prompt}..."`` (benchmark ``file``,
 chosen when ``--benchmark`` is not given and any of columns / checker / template is; see
@@ -240,12 +245,13 @@ def _bound_todo(tokenizer, problems: list[Problem], max_tokens: int, on_long: st
 
 def evaluate(model, tokenizer, loaded: LoadedBenchmark, sampling: EvalSampling, out: str | Path,
              resume: bool = True, progress: bool = True, model_name: str = "", engine=None,
-             max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, on_long: str = "skip") -> dict:
+             max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, on_long: str = "skip", extra: dict | None = None) -> dict:
     """Evaluate `model` on `loaded` (see the module docstring); returns the results dict.
 
     `engine` replaces the default `HFEngine(model, tokenizer)` (any `RolloutEngine`). Prompts longer
     than `max_prompt_tokens` (capped at the model's max positions; 0: that cap only) are skipped, or
-    with ``on_long="truncate"`` cut to their last tokens; both are counted in the metrics."""
+    with ``on_long="truncate"`` cut to their last tokens; both are counted in the metrics. `extra`: more
+    keys for the results (the training-data overlap `run` finds)."""
     if sampling.n < 0 or (sampling.n == 0 and not sampling.greedy):
         raise ValueError("sampling.n must be >= 1, or 0 with sampling.greedy true")
     if on_long not in ("skip", "truncate"):
@@ -288,7 +294,7 @@ def evaluate(model, tokenizer, loaded: LoadedBenchmark, sampling: EvalSampling, 
     metrics["tokens_per_s"] = gen_tokens / elapsed if gen_tokens else 0.0
     metrics["generated_tokens_this_run"] = gen_tokens
     result = {**settings, "metrics": metrics, "skipped_examples": loaded.first_errors,
-              "skipped_long_prompts": skipped[:20]}
+              "skipped_long_prompts": skipped[:20], **(extra or {})}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "results.md").write_text(markdown_table([result]))
     return result
@@ -327,8 +333,14 @@ def run(cfg: EvalConfig) -> dict:
     for msg in loaded.first_errors:
         console.print(f"  skipped: {msg}")
     console.print(f"eval settings: {json.dumps(dataclasses.asdict(cfg.sampling))}")
+    contamination = None
+    if cfg.train.check_overlap:  # the model's run folder trained on these problems? (never raises)
+        from posttrain.datatools.decontam import eval_overlap
+
+        contamination = eval_overlap(cfg.model.name, loaded)
     model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     result = evaluate(model, tokenizer, loaded, cfg.sampling, cfg.train.out, cfg.train.resume, cfg.train.progress, cfg.model.name,
-                      max_prompt_tokens=d.max_prompt_tokens, on_long=d.on_long)
+                      max_prompt_tokens=d.max_prompt_tokens, on_long=d.on_long,
+                      extra={"contamination": contamination} if contamination else None)
     console.print(markdown_table([result]))
     return result
