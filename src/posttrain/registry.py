@@ -1,7 +1,9 @@
 """A tiny name -> callable registry, one per variant axis (losses, estimators, reducers...).
 
 Each axis has one call signature; registering a name twice is an error so that two plugins cannot
-silently shadow one another.
+silently shadow one another. What an entry needs from its caller (a reference model, a baseline
+rollout, per-token rewards...) is declared with it, ``register(name, needs=...)``, and read back with
+``needs(name)``, so trainers ask the registry instead of keeping lists of names.
 """
 from __future__ import annotations
 
@@ -24,15 +26,24 @@ class Registry(Generic[F]):
     def __init__(self, axis: str):
         self.axis = axis
         self._items: dict[str, F] = {}
+        self._needs: dict[str, object] = {}
 
-    def register(self, name: str) -> Callable[[F], F]:
+    def register(self, name: str, needs: object = None) -> Callable[[F], F]:
+        """Decorator registering `name`; `needs` (any object, typically a frozen dataclass of the
+        axis) says what the entry needs from its caller."""
         def deco(fn: F) -> F:
             if name in self._items:
                 raise ValueError(f"{self.axis}: '{name}' is already registered")
             self._items[name] = fn
+            self._needs[name] = needs
             return fn
 
         return deco
+
+    def needs(self, name: str):
+        """What `name` declared at registration (None when it declared nothing); unknown names raise."""
+        self.get(name)
+        return self._needs[name]
 
     def get(self, name: str) -> F:
         if name not in self._items:

@@ -28,7 +28,8 @@ CONFIG_FILE = "config.yaml"
 RUN_FILES = ("metrics.jsonl", "prompt_rewards.jsonl", CONFIG_FILE, "reference_logps.pt", "tensorboard", "wandb", "mlruns")
 # may differ on --resume without being a change of the experiment
 FREE_ON_RESUME = ("train.resume", "train.overwrite", "train.resume_changes", "train.max_steps", "train.eval_every",
-                  "train.save_every", "train.keep_checkpoints", "train.log_every", "train.loggers", "train.progress")
+                  "train.save_every", "train.keep_checkpoints", "train.log_every", "train.loggers", "train.progress",
+                  "train.progress_every_s")
 
 
 def holds_run(out: Path) -> bool:

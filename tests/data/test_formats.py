@@ -115,7 +115,7 @@ def test_bad_rows_raise_named_errors(row, field, what):
         load_examples([good], kind=kind)
     msg = str(e.value)
     assert what in msg
-    assert "<list>: row 1: field" in msg and f"'{field}'" in msg
+    assert "rows[0]: field" in msg and f"'{field}'" in msg
 
 
 def test_undetectable_columns_say_what_is_expected():
@@ -128,7 +128,8 @@ def test_skip_mode_counts_bad_rows(tmp_path):
             {"prompt": "q", "completion": "a", "label": 1}, {"prompt": "q", "completion": "b", "label": False}]
     exs, report = load_examples(rows, on_error="skip")
     assert len(exs) == 2 and report.rows == 4 and sum(report.skipped.values()) == 2
-    assert "row 2" in report.first_errors[0] and "row 3" in report.first_errors[1]
+    assert report.first_errors[0].startswith("rows[1]: field 'label'") and report.first_errors[1].startswith("rows[2]: ")
+    assert set(report.skipped) == {"field 'label': expected a boolean"}
     assert "skipped 2" in report.summary()
 
 

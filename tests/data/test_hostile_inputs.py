@@ -205,8 +205,8 @@ def test_sft_check_keeps_good_rows_and_counts_skips():
     bad = load_examples([{"messages": U("q") + A("a")}, {"messages": U("q") + A("")}, {"messages": U("q")}])[0]
     kept, skipped, errors = check_sft_examples(bad, on_error="skip")
     assert len(kept) == 1 and skipped == 2
-    assert "<list>: row 2: field 'messages'" in errors[0] and "<list>: row 3: field 'messages'" in errors[1]
-    with pytest.raises(DataError, match=r"no rows SFT can train on \(1 skipped\); first: <list>: row 3: field 'messages'"):
+    assert "rows[1]: field 'messages'" in errors[0] and "rows[2]: field 'messages'" in errors[1]
+    with pytest.raises(DataError, match=r"no rows SFT can train on \(1 skipped\); first: rows\[2\]: field 'messages'"):
         check_sft_examples(bad[2:], on_error="skip")
 
 
@@ -216,14 +216,14 @@ def test_prompt_longer_than_max_length_is_named_and_skippable(tiny):
     _, tok = tiny
     exs, _ = load_examples([{"prompt": "1234567890" * 3, "completion": "7"}, {"prompt": "1+1=", "completion": "2"}])
     n = len(tok("1234567890" * 3, add_special_tokens=True)["input_ids"])
-    with pytest.raises(PromptTooLong, match=rf"^<list>: row 1: prompt is {n} tokens, longer than data\.max_length=16; "
+    with pytest.raises(PromptTooLong, match=rf"^rows\[0\]: prompt is {n} tokens, longer than data\.max_length=16; "
                                             r"raise data\.max_length or drop the row$"):
         tokenize_sft(tok, exs[0], max_length=16)
     assert issubclass(PromptTooLong, DataError)
     with pytest.raises(PromptTooLong):
         tokenize_sft_examples(tok, exs, max_length=16)
     out, skipped, errors = tokenize_sft_examples(tok, exs, max_length=16, on_error="skip")
-    assert len(out) == 1 and skipped == 1 and errors[0].startswith("<list>: row 1: prompt is")
+    assert len(out) == 1 and skipped == 1 and errors[0].startswith("rows[0]: prompt is")
 
 
 # through the front door: `posttrain sft` prints the error as one line and exits 2

@@ -26,7 +26,7 @@ def test_prm800k_rows_conversion_and_bad_rating():
     assert out[1] == {"prompt": "Q1", "completions": ["s1", "s2"], "labels": [1.0, 0.0]}
     assert out[2]["labels"] == [1.0, 1.0, 0.5]
     bad = rows + [{"instruction": "Q3", "responses": [], "next_response": "x", "rating": float("nan")}]
-    with pytest.raises(DataError, match=r"row 4: field 'rating'"):
+    with pytest.raises(DataError, match=r"rows\[3\]: field 'rating'"):
         prm800k_rows(bad)
     assert prm800k_rows(bad, on_error="skip")[1] == 1
 
@@ -34,7 +34,7 @@ def test_prm800k_rows_conversion_and_bad_rating():
 def test_stepwise_label_count_mismatch_is_named_error_or_counted_skip():
     rows = [{"prompt": "p", "completions": ["a", "b"], "labels": [1, 0]},
             {"prompt": "p", "completions": ["a", "b", "c"], "labels": [1, 0]}]
-    with pytest.raises(DataError, match=r"row 2: field 'labels': 2 labels for 3 steps"):
+    with pytest.raises(DataError, match=r"rows\[1\]: field 'labels': 2 labels for 3 steps"):
         load_examples(rows, kind="stepwise")
     kept, report = load_examples(rows, kind="stepwise", on_error="skip")
     assert len(kept) == 1 and sum(report.skipped.values()) == 1

@@ -216,13 +216,21 @@ def load_examples(
     columns: Mapping[str, str] | None = None,
     on_error: str = "raise",
     limit: int | None = None,
+    name: str | None = None,
 ) -> tuple[list[Example], LoadReport]:
+    """Typed, validated examples of `source` (a path, a list of dicts or a `datasets.Dataset`) and a report.
+
+    `kind`: one of `KINDS`, or None to detect it from the first readable row's columns. `columns`
+    renames source columns; `limit` keeps the first rows; `name` is what errors call in-memory rows
+    (``rows[3]: field 'prompt': ...`` by default). A bad row raises `DataError` naming the source, the
+    row and the field, or with ``on_error="skip"`` is counted in the report.
+    """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    rows = read_rows(source, columns, on_error=on_error)
+    rows = read_rows(source, columns, on_error=on_error, name=name)
     if limit is not None:
         rows = rows[:limit]
-    src = rows[0].source if rows else str(source)
+    src = rows[0].source if rows else (str(source) if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__") else name or "rows")
     if kind is None:
         readable = next((r for r in rows if r.error is None), None)
         if readable is None:
@@ -241,7 +249,8 @@ def load_examples(
         except DataError as e:
             if on_error == "raise":
                 raise
-            reason = str(e).split(": ", 2)[-1].split(" (")[0]
+            msg, at = str(e), row.where() + ": "
+            reason = (msg[len(at):] if msg.startswith(at) else msg.split(": ", 2)[-1]).split(" (")[0]
             report.skipped[reason[:60]] += 1
             if len(report.first_errors) < 5:
                 report.first_errors.append(str(e))

@@ -1,7 +1,9 @@
 """Read rows from jsonl, json, parquet, csv, a saved `datasets` folder, a `datasets.Dataset`, or a list.
 
 Every row keeps where it came from (`source`, 1-based `row`) so that validation errors can name the
-file, the row and the field. Column mapping renames source columns (e.g. GSM8K `question` -> `prompt`).
+file, the row and the field. Rows held in memory (a list of dicts, a `datasets.Dataset`) are named
+by their Python index: ``rows[3]: field 'prompt': ...`` (``train_data[3]`` when a trainer's
+``train_data=`` argument gave them). Column mapping renames source columns (e.g. GSM8K `question` -> `prompt`).
 """
 from __future__ import annotations
 
@@ -27,10 +29,15 @@ class Row:
     source: str
     row: int  # 1-based; the line number for jsonl
     error: str | None = None  # set for a line that could not be read (kept so on_error="skip" can count it)
+    indexed: bool = False  # held in memory: named `source[i]` with the 0-based Python index
 
     def where(self, field: str | None = None) -> str:
-        unit = "line" if self.source.endswith((".jsonl", ".jsonl.gz")) else "row"
-        at = f"{self.source}: {unit} {self.row}"
+        """'FILE: line N' / 'FILE: row N' (1-based), or 'rows[i]' for in-memory rows; then the field."""
+        if self.indexed:
+            at = f"{self.source}[{self.row - 1}]"
+        else:
+            unit = "line" if self.source.endswith((".jsonl", ".jsonl.gz")) else "row"
+            at = f"{self.source}: {unit} {self.row}"
         return f"{at}: field '{field}'" if field else at
 
 
@@ -139,9 +146,11 @@ def _read_csv(path: Path) -> list[Row]:
     return rows
 
 
-def _read_table(records: Iterable[Mapping], source: str) -> Iterable[Row]:
+def _read_table(records: Iterable[Mapping], source: str, indexed: bool = False) -> Iterable[Row]:
     for i, rec in enumerate(records, start=1):
-        yield Row(_to_python(dict(rec)), source, i)
+        if indexed and not isinstance(rec, Mapping):
+            raise DataError(f"{source}[{i - 1}]: expected a dict of column values, got {type(rec).__name__}")
+        yield Row(_to_python(dict(rec)), source, i, indexed=indexed)
 
 
 def _to_python(value):
@@ -155,8 +164,11 @@ def _to_python(value):
     return value
 
 
-def read_rows(source, columns: Mapping[str, str] | None = None, on_error: str = "raise") -> list[Row]:
+def read_rows(source, columns: Mapping[str, str] | None = None, on_error: str = "raise", name: str | None = None) -> list[Row]:
     """Read every row of `source`; `columns` maps source column names to posttrain field names.
+
+    `source`: a path (str or Path), a list of dicts or a `datasets.Dataset`. `name` is what errors
+    call in-memory rows (default ``rows``, so ``rows[3]: field 'prompt'``); files are named by path.
 
     A jsonl line that cannot be read (not UTF-8, not JSON, not an object) raises a `DataError` naming
     the file and the line; with ``on_error="skip"`` it is returned as a `Row` whose `error` says why
@@ -164,7 +176,7 @@ def read_rows(source, columns: Mapping[str, str] | None = None, on_error: str = 
     """
     rows = []
     try:
-        for r in _iter_source(source):
+        for r in _iter_source(source, name or "rows"):
             if r.error is not None and on_error != "skip":
                 raise DataError(r.error)
             rows.append(r)
@@ -178,17 +190,18 @@ def read_rows(source, columns: Mapping[str, str] | None = None, on_error: str = 
     return rows
 
 
-def _iter_source(source) -> Iterable[Row]:
-    if isinstance(source, list):
-        return _read_table(source, "<list>")
+def _iter_source(source, name: str = "rows") -> Iterable[Row]:
+    if isinstance(source, (list, tuple)):
+        return _read_table(source, name, indexed=True)
     if not isinstance(source, (str, Path)):
         try:
             import datasets
         except ImportError:  # pragma: no cover
             datasets = None
         if datasets is not None and isinstance(source, datasets.Dataset):
-            return _read_table(source, "<datasets.Dataset>")
-        raise DataError(f"unsupported data source of type {type(source).__name__}")
+            return _read_table(source, name, indexed=True)
+        raise DataError(f"{name}: unsupported data source of type {type(source).__name__} "
+                        "(expected a file or folder path, a list of dicts or a datasets.Dataset)")
     path = Path(source)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")

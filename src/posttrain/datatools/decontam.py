@@ -255,6 +255,8 @@ def eval_overlap(model: str, loaded, n: int = 13, min_n: int = 8, max_freq: int 
     except Exception:  # not a readable posttrain run: nothing to check
         return None
     rec: dict = {"train_data": path, "run": str(run_dir), "n": n}
+    if path.startswith("python:"):  # rows a trainer got from Python (train_data=...): not stored in the run
+        return {**rec, "error": "the training rows were passed from Python and are not stored in the run folder"}
     try:
         from posttrain.datatools.config import DataIn
         from posttrain.datatools.table import load_table

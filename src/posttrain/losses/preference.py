@@ -1,7 +1,9 @@
 """Offline preference losses (the DPO family) and unpaired losses (KTO, BCO) as pure functions.
 
 Every paired loss has one signature, ``fn(lp: PreferenceLogps, *, beta: float, **hp)``, and returns
-``(loss of shape (B,), stats)`` with stats a dict of detached 0-d tensors. Hyper-parameters are named
+``(loss of shape (B,), stats)`` with stats a dict of detached 0-d tensors. Whether a loss reads the
+reference model's logps is declared where it is registered (`PreferenceNeeds`, read with
+``preference_needs(name)``): simpo, orpo and sft are reference-free. Hyper-parameters are named
 floats with their defaults in each function's signature; an unknown name raises ``TypeError``.
 Formulas follow TRL 1.16 ``DPOConfig.loss_type`` (and older TRL / the CPO, ORPO, KTO, BCO trainers
 for the losses TRL 1.16 no longer has), with the differences listed below. Notation:
@@ -73,6 +75,21 @@ _ORPO_MAX_AVG_LOGP = -1e-6
 
 
 @dataclass(frozen=True)
+class PreferenceNeeds:
+    """What a (paired or unpaired) preference loss needs from its trainer, declared at registration.
+
+    reference: it reads reference logps (``ref_*``), so the trainer keeps a frozen reference model.
+    """
+
+    reference: bool = True
+
+
+def preference_needs(name: str, registry: Registry = PREFERENCE_LOSSES) -> PreferenceNeeds:
+    """The `PreferenceNeeds` that loss `name` of `registry` registered with (unknown names raise)."""
+    return registry.needs(name) or PreferenceNeeds()
+
+
+@dataclass(frozen=True)
 class PreferenceLogps:
     """Per-sequence log-probabilities of a batch of B (prompt, chosen, rejected) triples.
 
@@ -129,8 +146,9 @@ def _check_shapes(obj, cls: str) -> None:
             raise ValueError(f"{cls}.{f.name} has shape {got}, expected {want} like {first}")
 
 
-def _register(registry: Registry, name: str) -> Callable:
-    """Register ``fn(data, *, beta, **hp)``; the wrapper rejects unknown or non-float hyper-parameters."""
+def _register(registry: Registry, name: str, reference: bool = True) -> Callable:
+    """Register ``fn(data, *, beta, **hp)``; the wrapper rejects unknown or non-float hyper-parameters.
+    `reference`: the loss reads reference logps (`PreferenceNeeds`)."""
 
     def deco(fn: Callable) -> Callable:
         params = inspect.signature(fn).parameters.values()
@@ -142,7 +160,7 @@ def _register(registry: Registry, name: str) -> Callable:
             return fn(data, beta=beta, **hp)
 
         wrapper.hyperparameters = MappingProxyType(defaults)
-        return registry.register(name)(wrapper)
+        return registry.register(name, needs=PreferenceNeeds(reference=reference))(wrapper)
 
     return deco
 
@@ -334,7 +352,7 @@ def aot_pair(lp: PreferenceLogps, *, beta: float, label_smoothing: float = 0.0) 
 # ---------------------------------------------------------------- paired, reference-free
 
 
-@_register(PREFERENCE_LOSSES, "simpo")
+@_register(PREFERENCE_LOSSES, "simpo", reference=False)
 def simpo(
     lp: PreferenceLogps, *, beta: float, gamma: float = 0.5, label_smoothing: float = 0.0
 ) -> tuple[Tensor, Stats]:
@@ -352,7 +370,7 @@ def _log1mexp(x: Tensor) -> Tensor:
     return torch.where(x < -math.log(2.0), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
 
 
-@_register(PREFERENCE_LOSSES, "orpo")
+@_register(PREFERENCE_LOSSES, "orpo", reference=False)
 def orpo(lp: PreferenceLogps, *, beta: float) -> tuple[Tensor, Stats]:
     """chosen_nll - beta log sigma(log odds(y_w) - log odds(y_l)), odds from length-averaged logps."""
     avg_w, avg_l = _avg_logps(lp, "orpo")
@@ -363,7 +381,7 @@ def orpo(lp: PreferenceLogps, *, beta: float) -> tuple[Tensor, Stats]:
     return loss, _pair_stats(beta * avg_w, beta * avg_l, log_odds_ratio=log_odds, nll=nll)
 
 
-@_register(PREFERENCE_LOSSES, "sft")
+@_register(PREFERENCE_LOSSES, "sft", reference=False)
 def sft(lp: PreferenceLogps, *, beta: float) -> tuple[Tensor, Stats]:
     """chosen_nll; beta only scales the logged rewards (beta * summed logps, no reference)."""
     nll = _need(lp, "chosen_nll", "sft")

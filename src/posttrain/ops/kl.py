@@ -4,8 +4,10 @@ Schulman, "Approximating KL Divergence" (2020): with r = p_ref(x) / p(x) and x ~
 - k1 = -log r            (unbiased, high variance, can be negative)
 - k2 = (log r)^2 / 2     (biased, low variance; its gradient is the gradient of the true KL)
 - k3 = (r - 1) - log r   (unbiased, low variance, always >= 0)
-`k3` is clamped to [-10, 10] in log-space before exponentiation for numerical safety (as verl's
-`low_var_kl`); this is the only departure.
+Departure (as verl's ``low_var_kl``): `k3` clamps log r to [-20, 20] before exponentiating (exp
+stays finite) and then clamps the k3 value itself to [-10, 10], so one token whose policy ran far
+from the reference cannot dominate the loss. Beyond the clamp that token's KL gradient is 0 (as in
+verl). k1 and k2 are not clamped.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import torch
 from posttrain.registry import Registry
 
 KL_ESTIMATORS: Registry = Registry("KL estimator")
+_MAX_LOG_RATIO = 20.0  # exp(20) ~ 5e8: finite in fp32 and bf16
+_MAX_K3 = 10.0
 
 
 @KL_ESTIMATORS.register("k1")
@@ -28,8 +32,8 @@ def _k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 @KL_ESTIMATORS.register("k3")
 def _k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    log_r = (ref_logp - logp).clamp(-10.0, 10.0)
-    return log_r.exp() - 1.0 - log_r
+    log_r = (ref_logp - logp).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    return (log_r.exp() - 1.0 - log_r).clamp(-_MAX_K3, _MAX_K3)
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:

@@ -43,15 +43,15 @@ class RewardModelScorer:
 
     def _encode(self, prompt, completion) -> tuple[list[int], list[int]]:
         from posttrain.data import encode_prompt
-        from posttrain.trainers.pairs import _truncate, tokenize_response
+        from posttrain.sequences import tokenize_response, truncate_pair
 
-        p, c, _ = _truncate(encode_prompt(self.tokenizer, prompt), tokenize_response(self.tokenizer, prompt, completion), self.max_length)
+        p, c, _ = truncate_pair(encode_prompt(self.tokenizer, prompt), tokenize_response(self.tokenizer, prompt, completion), self.max_length)
         return p, c
 
     @torch.no_grad()
     def score_pairs(self, prompts: list, completions: list) -> list[float]:
         """One scalar reward per (prompt, completion), in input order."""
-        from posttrain.trainers.pairs import sequence_batch
+        from posttrain.sequences import sequence_batch
 
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts for {len(completions)} completions")

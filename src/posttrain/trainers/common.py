@@ -108,38 +108,116 @@ def default_verifier(task=None) -> Callable[[str, str], bool]:
     return verify
 
 
-def load_split(data_cfg: DataConfig, split: str, kind: str | None = None):
-    """Examples for `split` ('sft' | 'sft_eval' | 'rl' | 'eval') and the task (None for file data).
+IN_MEMORY = "python:"  # data.path / data.eval_path of rows a trainer was given from Python
 
-    `task:NAME[:k=v]` generates rows with the built-in task; anything else is read from a path.
+
+def is_in_memory(source) -> bool:
+    """True for rows held in memory (a list or tuple of dicts, a `datasets.Dataset`), not a path."""
+    return source is not None and not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__")
+
+
+def bind_inputs(cfg, model=None, train_data=None, eval_data=None):
+    """Fold what a trainer was given from Python into its config: ``(cfg, model, train, eval)``.
+
+    - `model` as a string (a name such as ``tiny-llama:d=32,l=2,h=2``, a folder, a run folder) sets
+      ``cfg.model.name`` and is loaded by the trainer (the returned model is None); a module is kept.
+    - `train_data` / `eval_data` as a path (or ``task:NAME``) set ``data.path`` / ``data.eval_path``,
+      exactly as ``--data`` / ``--data.eval_path`` do. Rows in memory (a list of dicts or a
+      ``datasets.Dataset``) are returned as `train` / `eval` for `load_split` / `load_pairs`, and the
+      config records ``python:train_data`` / ``python:eval_data`` in their place, so the saved
+      ``config.yaml`` stays YAML and a CLI ``--resume`` of the run asks for the rows instead of
+      silently training on the default data. In-memory training rows are used whole: the held-out
+      set is `eval_data` (or ``data.eval_path``), never a slice of them.
     """
+    import dataclasses
+
+    data, changes = cfg.data, {}
+    train_rows = eval_rows = None
+    if train_data is not None:
+        if is_in_memory(train_data):
+            train_rows, changes["path"] = train_data, f"{IN_MEMORY}train_data"
+        else:
+            changes["path"] = str(train_data)
+    if eval_data is not None:
+        if is_in_memory(eval_data):
+            eval_rows, changes["eval_path"] = eval_data, f"{IN_MEMORY}eval_data"
+        else:
+            changes["eval_path"] = str(eval_data)
+    if changes:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, **changes))
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=str(model)))
+        model = None
+    return cfg, model, train_rows, eval_rows
+
+
+def _missing_rows(path: str) -> ConfigError:
+    which = "eval_data" if path.endswith("eval_data") else "train_data"
+    return ConfigError(f"data path '{path}' stands for rows passed from Python; pass them again "
+                       f"({which}=... to the trainer), or give a file with --data / --data.eval_path")
+
+
+def read_split(data_cfg: DataConfig, split: str, kind: str | None = None, source=None):
+    """(examples, task, report) for `split` ('sft' | 'sft_eval' | 'rl' | 'eval'); see `load_split`.
+
+    `report` is the `LoadReport` of file or in-memory data (None for task data, or no data)."""
     from posttrain.data import load_examples
-    from posttrain.logging import console
     from posttrain.tasks import load_task_spec
 
     kind = kind or data_cfg.kind or None
-    if data_cfg.path.startswith("task:"):
-        task = load_task_spec(data_cfg.path[len("task:"):])
-        evaluating = split in ("eval", "sft_eval")
-        n = data_cfg.eval_rows if evaluating else data_cfg.train_rows
-        if n == 0:  # data.eval_rows 0: no held-out evaluation
-            return [], task
-        if split == "sft_eval":
-            rows = task.sft_rows(n, seed=2, held_out=True)
-        else:
-            rows = {"sft": task.sft_rows, "rl": task.rl_rows, "eval": task.eval_rows}[split](n)
-        examples, _ = load_examples(rows, kind="verifiable" if split in ("rl", "eval") else kind)
-        return examples, task
     evaluating = split in ("eval", "sft_eval")
     path = data_cfg.eval_path if evaluating else data_cfg.path
-    if not path:
-        return [], None
     limit = data_cfg.eval_rows if evaluating else data_cfg.train_rows
+    if source is not None:  # rows from Python (train_data= / eval_data=)
+        name = "eval_data" if evaluating else "train_data"
+        examples, report = load_examples(source, kind=kind, columns=data_cfg.columns, on_error=data_cfg.on_error,
+                                         limit=limit, name=name)
+        return examples, None, report
+    if data_cfg.path.startswith("task:"):
+        task = load_task_spec(data_cfg.path[len("task:"):])
+        if evaluating and data_cfg.eval_path and not data_cfg.eval_path.startswith("task:"):
+            if data_cfg.eval_path.startswith(IN_MEMORY):
+                raise _missing_rows(data_cfg.eval_path)
+            examples, report = load_examples(data_cfg.eval_path, kind=kind, columns=data_cfg.columns,
+                                             on_error=data_cfg.on_error, limit=limit)
+            return examples, task, report
+        if limit == 0:  # data.eval_rows 0: no held-out evaluation
+            return [], task, None
+        if split == "sft_eval":
+            rows = task.sft_rows(limit, seed=2, held_out=True)
+        else:
+            rows = {"sft": task.sft_rows, "rl": task.rl_rows, "eval": task.eval_rows}[split](limit)
+        examples, _ = load_examples(rows, kind="verifiable" if split in ("rl", "eval") else kind)
+        return examples, task, None
+    if not path:
+        return [], None, None
+    if path.startswith(IN_MEMORY):
+        raise _missing_rows(path)
     examples, report = load_examples(path, kind=kind, columns=data_cfg.columns, on_error=data_cfg.on_error, limit=limit)
+    return examples, None, report
+
+
+def load_split(data_cfg: DataConfig, split: str, kind: str | None = None, source=None):
+    """Examples for `split` ('sft' | 'sft_eval' | 'rl' | 'eval') and the task (None for file data).
+
+    `source`: rows from Python (a list of dicts or a `datasets.Dataset`, see `bind_inputs`), read
+    instead of the config's path; errors name them ``train_data[i]`` / ``eval_data[i]``. Otherwise
+    `task:NAME[:k=v]` generates rows with the built-in task and anything else is read from
+    ``data.path`` (training splits) or ``data.eval_path`` (held-out splits).
+    """
+    examples, task, report = read_split(data_cfg, split, kind, source)
+    if report is not None:
+        print_report(report)
+    return examples, task
+
+
+def print_report(report) -> None:
+    """The data summary line and the first skipped rows' reasons."""
+    from posttrain.logging import console
+
     console.print(f"data: {report.summary()}")
     for msg in report.first_errors:
         console.print(f"  skipped: {msg}")
-    return examples, None
 
 
 def optimizer_step(model, opt, sched, max_grad_norm: float, step: int, loss: float) -> tuple[float, float]:
@@ -173,7 +251,8 @@ def saved_on_interrupt(trainer, name: str, step_attr: str = "step"):
 
 def training_loop(trainer, train_cfg: TrainConfig, name: str, count_key: str, bar_fields, stop=None) -> dict:
     """The outer loop every offline trainer shares: `trainer.train_step()` until `max_steps`, with
-    throughput (`<count_key>_per_s`), periodic eval, logging, periodic saves, the progress bar, and an
+    throughput (`<count_key>_per_s`), periodic eval, logging, periodic saves, the progress bar (or plain
+    progress lines in a log: `posttrain.logging.ProgressBar`), and an
     optional early stop (`stop(metrics) -> reason or None`). Then the final eval (reused when the
     last step already evaluated) is logged. Returns the last step's metrics merged with the final eval.
 
@@ -182,7 +261,9 @@ def training_loop(trainer, train_cfg: TrainConfig, name: str, count_key: str, ba
 
     last: dict = {}
     t0, done = time.perf_counter(), 0
-    with saved_on_interrupt(trainer, name), ProgressBar(train_cfg.max_steps, name, train_cfg.progress, start=trainer.step) as bar:
+    bar = ProgressBar(train_cfg.max_steps, name, train_cfg.progress, start=trainer.step, every=train_cfg.log_every,
+                      every_s=train_cfg.progress_every_s)
+    with saved_on_interrupt(trainer, name), bar:
         while trainer.step < train_cfg.max_steps:
             m = trainer.train_step()
             done += m[count_key]
@@ -194,7 +275,7 @@ def training_loop(trainer, train_cfg: TrainConfig, name: str, count_key: str, ba
                 trainer.logger.log(m, trainer.step)
             if train_cfg.save_every and trainer.step % train_cfg.save_every == 0:
                 trainer.save()
-            bar.update(trainer.step, **bar_fields(m))
+            bar.update(trainer.step, metrics=m, **bar_fields(m))
             last = m
             reason = stop(m) if stop is not None else None
             if reason:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.data import DataError, Example, encode_prompt, encode_response, load_examples
+from posttrain.data import DataError, Example, encode_prompt, load_examples
 from posttrain.data.collate import IGNORE
 from posttrain.logging import console, warn
 from posttrain.ops import masked_sum, token_logprobs
+from posttrain.sequences import SequenceBatch, sequence_batch, tokenize_response  # noqa: F401  (moved down; re-exported)
+from posttrain.sequences import truncate_pair as _truncate  # noqa: F401  (the old private name, re-exported)
 
 
 @dataclass
@@ -28,40 +30,6 @@ class TokenizedPair:
     rejected_ids: list[int]
     margin: float | None = None
     where: str = ""
-
-
-@dataclass
-class SequenceBatch:
-    """R right-padded sequences. labels[r, t] is the target of position t (shifted), IGNORE where
-    not scored (prompt, padding). last_index[r] is the position of the last real token."""
-
-    input_ids: torch.Tensor  # (R, T) long
-    attention_mask: torch.Tensor  # (R, T) long
-    labels: torch.Tensor  # (R, T) long
-    last_index: torch.Tensor  # (R,) long
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
-
-def _truncate(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int], bool]:
-    if len(prompt) + len(response) <= max_length:
-        return prompt, response, False
-    keep_prompt = max(1, min(len(prompt), max_length // 2, max_length - len(response)))
-    prompt = prompt[-keep_prompt:]
-    return prompt, response[: max_length - len(prompt)], True
-
-
-def tokenize_response(tokenizer, prompt, response) -> list[int]:
-    """Response ids after `prompt` (conversational responses may be a string or a message list)."""
-    if isinstance(prompt, list) and isinstance(response, list):
-        return encode_response(tokenizer, prompt, response)
-    if isinstance(prompt, list):
-        return encode_response(tokenizer, prompt, [{"role": "assistant", "content": response}])
-    if isinstance(response, list):
-        raise DataError("a conversational response needs a conversational prompt")
-    return encode_response(tokenizer, prompt, response)
 
 
 def tokenize_pairs(tokenizer, examples: list[Example], max_length: int, margin_column: str = "") -> list[TokenizedPair]:
@@ -112,15 +80,27 @@ def first_divergent_step(pair: TokenizedPair, tokenizer, step_sep: str = "\n") -
                          pair.margin, pair.where)
 
 
-def load_pairs(data_cfg, split: str, seed: int = 3) -> tuple[list[Example], object]:
+def load_pairs(data_cfg, split: str, seed: int = 3, source=None) -> tuple[list[Example], object]:
     """Preference examples for 'train' or 'eval', and the task (None for files).
 
-    `task:NAME` generates pairs with the task's `preference_rows` (held-out problems for 'eval').
-    For files, 'eval' reads data.eval_path when set; otherwise the last data.eval_rows rows of
-    data.path are held out (and left out of 'train').
+    `source`: rows from Python (a list of dicts or a `datasets.Dataset`, see
+    `posttrain.trainers.common.bind_inputs`), read whole instead of the config's path; errors name
+    them ``train_data[i]`` / ``eval_data[i]``. `task:NAME` generates pairs with the task's
+    `preference_rows` (held-out problems for 'eval'). For files, 'eval' reads data.eval_path when set;
+    otherwise the last data.eval_rows rows of data.path are held out (and left out of 'train').
+    Rows from Python are never split: 'eval' is their `eval_data` (or data.eval_path), if any.
     """
     from posttrain.tasks import load_task_spec
+    from posttrain.trainers.common import IN_MEMORY, _missing_rows
 
+    kind = data_cfg.kind or None
+    if source is not None:
+        name = "eval_data" if split == "eval" else "train_data"
+        limit = data_cfg.eval_rows if split == "eval" else data_cfg.train_rows
+        examples, report = load_examples(source, kind=kind, columns=data_cfg.columns, on_error=data_cfg.on_error,
+                                         limit=limit, name=name)
+        _report(report)
+        return examples, None
     if data_cfg.path.startswith("task:"):
         task = load_task_spec(data_cfg.path[len("task:"):])
         if not hasattr(task, "preference_rows"):
@@ -130,7 +110,11 @@ def load_pairs(data_cfg, split: str, seed: int = 3) -> tuple[list[Example], obje
             return [], task
         rows = task.preference_rows(n, seed=seed + (split == "eval"), held_out=split == "eval")
         return load_examples(rows, kind="preference")[0], task
-    kind = data_cfg.kind or None
+    if split == "eval" and not data_cfg.eval_path and data_cfg.path.startswith(IN_MEMORY):
+        return [], None  # rows from Python are not split for a held-out set
+    needed = data_cfg.eval_path if split == "eval" and data_cfg.eval_path else data_cfg.path
+    if needed.startswith(IN_MEMORY):
+        raise _missing_rows(needed)
     if data_cfg.eval_path or split == "train" and not data_cfg.eval_rows:
         path = data_cfg.eval_path if split == "eval" else data_cfg.path
         limit = data_cfg.eval_rows if split == "eval" else data_cfg.train_rows
@@ -152,23 +136,6 @@ def _report(report) -> None:
     console.print(f"data: {report.summary()}")
     for msg in report.first_errors:
         console.print(f"  skipped: {msg}")
-
-
-def sequence_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> SequenceBatch:
-    """Right-padded (prompt + response) rows with labels on the response tokens only."""
-    R = len(prompts)
-    T = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    input_ids = torch.full((R, T), pad_id, dtype=torch.long)
-    labels = torch.full((R, T), IGNORE, dtype=torch.long)
-    attn = torch.zeros((R, T), dtype=torch.long)
-    last = torch.zeros(R, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        n = len(p) + len(r)
-        input_ids[i, :n] = torch.tensor(p + r)
-        labels[i, len(p) - 1 : n - 1] = torch.tensor(r)
-        attn[i, :n] = 1
-        last[i] = n - 1
-    return SequenceBatch(input_ids, attn, labels, last)
 
 
 def pair_batch(pairs: list[TokenizedPair], pad_id: int) -> SequenceBatch:

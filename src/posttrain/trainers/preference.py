@@ -47,8 +47,8 @@ from posttrain.logging import MetricsLogger, console, warn
 from posttrain.losses.preference import PREFERENCE_LOSSES, UNPAIRED_LOSSES, PreferenceLogps, UnpairedLogps, combined_loss
 from posttrain.models import load_model_and_tokenizer
 from posttrain.trainers.common import (
-    DataOrder, apply_lora, build_optimizer, default_verifier, exact_match_eval, optimizer_step, seed_everything,
-    training_loop,
+    DataOrder, apply_lora, bind_inputs, build_optimizer, default_verifier, exact_match_eval, optimizer_step,
+    seed_everything, training_loop,
 )
 from posttrain.trainers.pairs import TokenizedPair, first_divergent_step, load_pairs, pair_batch, sequence_batch, sequence_logps, tokenize_pairs
 from posttrain.trainers.pref_data import FallingLogpsMonitor, parse_loss_spec, self_generated_rejections, unpair
@@ -57,7 +57,19 @@ REFERENCE_FREE = {"simpo", "orpo", "sft"}
 
 
 class PreferenceTrainer:
-    def __init__(self, cfg: PreferenceConfig, model=None, tokenizer=None):
+    """Offline preference optimization (see the module docstring): the DPO family on paired rows
+    (``prompt``, ``chosen``, ``rejected``; implicit prompts too) and KTO / BCO on unpaired rows
+    (``prompt``, ``completion``, ``label``). ``cfg.loss`` names the loss or a weighted mix.
+
+    `model`: a name or folder, or a causal LM module given with its `tokenizer`; None loads
+    ``cfg.model.name``. `train_data` / `eval_data`: a path (or ``task:NAME``), a list of dicts, or a
+    ``datasets.Dataset``; they replace ``cfg.data.path`` / ``cfg.data.eval_path`` (see
+    `posttrain.trainers.common.bind_inputs`). Rows from Python are used whole (held-out pairs come
+    from `eval_data`); a bad row raises `DataError` naming it (``train_data[2]: field 'rejected'``).
+    """
+
+    def __init__(self, cfg: PreferenceConfig, model=None, tokenizer=None, *, train_data=None, eval_data=None):
+        cfg, model, train_rows, eval_rows = bind_inputs(cfg, model, train_data, eval_data)
         self.cfg = cfg
         self.losses = parse_loss_spec(cfg.loss)
         self.resume_from = prepare_run(cfg, "dpo", (cfg.model.name,))
@@ -67,8 +79,8 @@ class PreferenceTrainer:
         self.uses_reference = any(name not in REFERENCE_FREE for name in self.losses)
         if cfg.pref.reference not in ("cached", "live"):
             raise ConfigError(f"pref.reference must be 'cached' or 'live', got '{cfg.pref.reference}'")
-        self._train_rows = load_pairs(cfg.data, "train")  # the data first: a bad row is reported before any model is loaded
-        self._eval_rows = load_pairs(cfg.data, "eval")[0]
+        self._train_rows = load_pairs(cfg.data, "train", source=train_rows)  # the data first: a bad row is reported before any model is loaded
+        self._eval_rows = load_pairs(cfg.data, "eval", source=eval_rows)[0]
         self.loaded_model = model is None
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
@@ -262,6 +274,8 @@ class PreferenceTrainer:
     # ------------------------------------------------------------------ steps
 
     def train_step(self) -> dict:
+        """One optimizer step over ``pref.pairs_per_step`` items; returns its metrics (loss,
+        grad_norm, lr, pairs, the loss's rewards/* stats, logps/chosen, logps/rejected)."""
         c = self.cfg
         idx_all = self.order.take(c.pref.pairs_per_step)
         self.model.train()
@@ -337,11 +351,14 @@ class PreferenceTrainer:
         console.print(f"resumed from {ck} at step {self.step}")
 
     def save(self) -> Path:
+        """Checkpoint the current step into ``out/checkpoints/step-NNNNNNN`` (model or LoRA adapter,
+        tokenizer, optimizer, schedule, data position, BCO shift); returns its folder."""
         state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state(),
                  "bco_moments": self.bco_moments, "monitor": self.monitor.history}
         return save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
 
     def describe(self) -> dict:
+        """The run's derived sizes: losses, reference, parameters, items, epochs."""
         c = self.cfg
         return {
             "losses": self.losses, "reference": c.pref.reference if self.uses_reference else "none (reference-free)",
@@ -353,6 +370,8 @@ class PreferenceTrainer:
         }
 
     def train(self) -> dict:
+        """Evaluate before (``pref.eval_before``), train to ``train.max_steps``, evaluate, save; returns
+        the last step's metrics, ``eval_before/*``, the final ``eval/*`` and ``checkpoint``."""
         c = self.cfg
         console.print(f"dpo config: {json.dumps(dataclasses.asdict(c), default=str)}")
         console.print(f"dpo sizes: {json.dumps(self.describe())}")

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.checkpoint import load_state, save_checkpoint, set_peak_lr, set_rng_state
+from posttrain.checkpoint import load_state, load_weights_into, save_checkpoint, set_peak_lr, set_rng_state
 from posttrain.errors import UserError
 from posttrain.runs import prepare_run
 from posttrain.configs import PRMConfig, PRMOptions  # noqa: F401  (re-exported)
@@ -266,8 +266,6 @@ class PRMTrainer:
         return save_checkpoint(self.run_dir, self.step, self.prm, self.tokenizer, state, self.cfg.train.keep_checkpoints)
 
     def _resume(self) -> None:
-        from posttrain.trainers.weights import load_weights_into
-
         ck = self.resume_from
         load_weights_into(self.prm.lm, ck)
         self.prm.head.load_state_dict(torch.load(ck / "prm_head.pt", weights_only=True))

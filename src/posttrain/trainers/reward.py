@@ -30,7 +30,9 @@ from posttrain.configs import RewardConfig, RewardOptions  # noqa: F401  (re-exp
 from posttrain.logging import MetricsLogger, console
 from posttrain.losses.reward import bradley_terry_loss
 from posttrain.models import attention, load_model_and_tokenizer
-from posttrain.trainers.common import DataOrder, ModelConfig, build_optimizer, optimizer_step, seed_everything, training_loop
+from posttrain.trainers.common import (
+    DataOrder, ModelConfig, bind_inputs, build_optimizer, optimizer_step, seed_everything, training_loop,
+)
 from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, tokenize_pairs
 
 
@@ -85,12 +87,25 @@ def _apply_lora(rm, mcfg: ModelConfig):
 
 
 class RewardTrainer:
-    def __init__(self, cfg: RewardConfig, model=None, tokenizer=None):
+    """A Bradley-Terry reward model (see the module docstring) on preference rows (``prompt``,
+    ``chosen``, ``rejected``, or implicit prompts).
+
+    `model`: a name or folder (a causal LM gets a scalar head; a saved reward model folder is trained
+    further), or a ``...ForSequenceClassification`` module given with its `tokenizer`; None loads
+    ``cfg.model.name``. `train_data` / `eval_data`: a path (or ``task:NAME``), a list of dicts, or a
+    ``datasets.Dataset``; they replace ``cfg.data.path`` / ``cfg.data.eval_path`` (see
+    `posttrain.trainers.common.bind_inputs`). Rows from Python are used whole (held-out pairs come
+    from `eval_data`). `train()` also writes ``out/model``, loadable with
+    ``AutoModelForSequenceClassification.from_pretrained``.
+    """
+
+    def __init__(self, cfg: RewardConfig, model=None, tokenizer=None, *, train_data=None, eval_data=None):
+        cfg, model, train_rows, eval_rows = bind_inputs(cfg, model, train_data, eval_data)
         self.cfg = cfg
         self.resume_from = prepare_run(cfg, "rm", (cfg.model.name,))
         seed_everything(cfg.train.seed)
-        train, self.task = load_pairs(cfg.data, "train")  # the data first: a bad row is reported before any model is loaded
-        evals, _ = load_pairs(cfg.data, "eval")
+        train, self.task = load_pairs(cfg.data, "train", source=train_rows)  # the data first: a bad row is reported before any model is loaded
+        evals, _ = load_pairs(cfg.data, "eval", source=eval_rows)
         if model is None:
             model, tokenizer = load_reward_backbone(cfg)
         if cfg.model.gradient_checkpointing:
@@ -116,6 +131,8 @@ class RewardTrainer:
         return loss.sum() / num_pairs, {k: float(v) for k, v in stats.items()}
 
     def train_step(self) -> dict:
+        """One optimizer step over ``rm.pairs_per_step`` pairs; returns its metrics (loss, grad_norm,
+        lr, pairs, accuracy, margin, ...)."""
         c = self.cfg
         idx = self.order.take(c.rm.pairs_per_step)
         self.model.train()
@@ -151,6 +168,7 @@ class RewardTrainer:
             self.step = st["step"]
 
     def save(self) -> Path:
+        """Checkpoint the current step into ``out/checkpoints/step-NNNNNNN``; returns its folder."""
         state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
         return save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
 
@@ -162,10 +180,18 @@ class RewardTrainer:
         self.tokenizer.save_pretrained(target)
         return target
 
+    def describe(self) -> dict:
+        """The run's derived sizes: parameters, trainable parameters, train and eval pairs."""
+        return {"parameters": sum(p.numel() for p in self.model.parameters()),
+                "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                "train_pairs": len(self.pairs), "eval_pairs": len(self.eval_pairs)}
+
     def train(self) -> dict:
+        """Train to ``train.max_steps``, evaluate, save the checkpoint and export ``out/model``; returns
+        the last step's metrics, the final ``eval/*``, ``checkpoint`` and ``model`` (folders)."""
         c = self.cfg
         console.print(f"rm config: {json.dumps(dataclasses.asdict(c), default=str)}")
-        console.print(f"rm sizes: {json.dumps({'parameters': sum(p.numel() for p in self.model.parameters()), 'train_pairs': len(self.pairs), 'eval_pairs': len(self.eval_pairs)})}")
+        console.print(f"rm sizes: {json.dumps(self.describe())}")
         out = training_loop(self, c.train, "rm", "pairs", lambda m: {"loss": m["loss"], "acc": m["accuracy"]})
         path = self.save()
         model_dir = self.export()

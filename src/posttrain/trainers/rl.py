@@ -6,7 +6,9 @@ Papers: PPO (Schulman et al. 2017), GRPO (Shao et al. 2024, "DeepSeekMath"), Dr.
 2025), DAPO (Yu et al. 2025), RLOO (Ahmadian et al. 2024), REINFORCE++ (Hu 2025), ReMax (Li et al.
 2023), online DPO (Guo et al. 2024). Each `--algo` is a preset over independent axes
 (`rl_presets`); the objective pieces live in `advantages`, `losses.policy`, `losses.value`,
-`losses.preference` and `ops`, so this file only composes them.
+`losses.preference` and `ops`, so this file only composes them. What each piece needs (a greedy
+baseline rollout, per-token rewards, a reference model, whole groups) is declared where it is
+registered (`advantages.EstimatorNeeds`, `rl_update.UpdateKind`); this file asks, it never tests names.
 
 Units: a step samples `prompts_per_step` prompts x `samples_per_prompt` completions; the batch is
 cut into `minibatches_per_rollout` optimizer steps, repeated `epochs_per_rollout` times, each
@@ -22,6 +24,11 @@ Departures / choices:
   `max_refill_rounds` extra rounds; a step with fewer groups trains on what it has and says so.
 - KL in the reward: per-token -beta*kl for token-level estimators (REINFORCE++, GAE), else the
   sequence reward minus beta * sum_t kl_t.
+- With ``mask_truncated``, a truncated completion is not a sequence of the update: the per-sequence
+  reducers divide by the number of sequences with a trained token (as verl's ``agg_loss``); counting
+  the masked rows used to shrink every update by the share kept.
+- ``whiten_advantages`` (PPO) whitens over the trained tokens; set on a sequence-level estimator, it
+  now whitens that advantage spread over its tokens (it used to be ignored silently).
 - Speed only, same values (tested): rollouts go through the lean Llama-family decoder
   (`rl.lean_decoder`), and the policy / old / reference passes run each group's prompt once
   (`rl.share_prompts`, shared-prefix forward; `rl_batch.completion_logits`). The options live in
@@ -48,13 +55,12 @@ from pathlib import Path
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.advantages import compute_advantages, expand_to_tokens, process_advantages, zero_std_group_fraction
+from posttrain.advantages import estimator_needs, zero_std_group_fraction
 from posttrain.checkpoint import restore_checkpoint, save_checkpoint
 from posttrain.runs import prepare_run
 from posttrain.data import encode_prompt
 from posttrain.logging import MetricsLogger, ProgressBar, console, warn
 from posttrain.models import load_model_and_tokenizer
-from posttrain.ops import masked_mean
 from posttrain.rewards import make_overlong_penalty
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.common import (
@@ -67,11 +73,7 @@ from posttrain.trainers.rl_batch import (
     load_prm_scorer, policy_forward, prm_step_scores, prompt_text, score,
 )
 from posttrain.trainers.rl_config import RLConfig, RLOptions, algorithm_of  # noqa: F401 (RLOptions re-exported)
-from posttrain.trainers.rl_presets import TOKEN_REWARD_ESTIMATORS
-from posttrain.trainers.rl_update import (
-    health_warnings, kl_shaped_rewards, merge_stats, mismatch_stats, prm_token_rewards, update_dpo, update_policy,
-    update_value,
-)
+from posttrain.trainers.rl_update import UpdateSpec, health_warnings, merge_stats, mismatch_stats, step_advantages, update_value
 
 
 class RLTrainer:
@@ -79,10 +81,13 @@ class RLTrainer:
         """reward_fns: optional [(fn, weight)] replacing rl.reward (custom rewards from Python)."""
         self.cfg, c = cfg, cfg.rl
         self.alg = algorithm_of(cfg.algo, c)
+        self.kind = self.alg.update  # what the update needs from the step (rl_update.UpdateKind)
+        self.needs = estimator_needs(self.alg.estimator) if self.kind.advantages else None  # and the estimator
         if c.minibatches_per_rollout < 1 or c.epochs_per_rollout < 1 or c.samples_per_prompt < 1:
             raise ConfigError("minibatches_per_rollout, epochs_per_rollout and samples_per_prompt must be >= 1")
-        if self.alg.loss == "dpo" and c.samples_per_prompt < 2:
-            raise ConfigError("online_dpo needs samples_per_prompt >= 2 (a pair per prompt)")
+        if c.samples_per_prompt < self.kind.min_samples_per_prompt:
+            raise ConfigError(f"--algo {cfg.algo} (rl.loss {self.alg.loss}) needs samples_per_prompt >= "
+                              f"{self.kind.min_samples_per_prompt} ({self.kind.why})")
         self.resume_from = prepare_run(cfg, "rl", (cfg.model.name, c.prm_model))
         seed_everything(cfg.train.seed)
         self._raw_rows = self._read_rows()  # the data first: a bad row is reported before any model is loaded
@@ -97,7 +102,7 @@ class RLTrainer:
         self.opt, self.sched = build_optimizer(self.model, cfg.optim, total_updates)
         self.critic_opt = build_optimizer(self.critic, cfg.optim, total_updates)[0] if self.critic else None
         self.engine = self._build_engine()
-        if c.prm_model and (self.alg.loss == "dpo" or c.prm_coef < 0):
+        if c.prm_model and (not self.kind.dense_rewards or c.prm_coef < 0):
             raise ConfigError("rl.prm_model needs a policy-gradient --algo (not online_dpo) and rl.prm_coef >= 0")
         self.prm_scorer, self.prm_sep = (None, "") if not c.prm_model else load_prm_scorer(
             c.prm_model, c.prm_step_sep, c.sequences_per_microbatch, cfg.data.max_length)
@@ -196,7 +201,7 @@ class RLTrainer:
             "rewards": [getattr(f, "__name__", str(f)) + f" x{w}" for f, w in self.reward_fns],
             "reference_model": self.ref is not None, "value_model": self.critic is not None,
             "prm": {"model": c.prm_model, "coef": c.prm_coef, "step_sep": self.prm_sep, "baseline": c.prm_baseline,
-                    "use": "token_rewards" if self.alg.estimator in TOKEN_REWARD_ESTIMATORS else "process_advantages"}
+                    "use": "token_rewards" if self.needs.token_rewards else "process_advantages"}
             if self.prm_scorer is not None else None,
         }
 
@@ -276,7 +281,7 @@ class RLTrainer:
         groups = torch.arange(len(kept)).repeat_interleave(c.samples_per_prompt)
         rewards = torch.cat([r for _, _, r, _ in kept])
         batch = RolloutBatch(rows, prompt_ids, completions, ids, tmask, lmask, rlp, trunc, groups, rewards)
-        if self.alg.estimator == "remax" and self.alg.loss != "dpo":
+        if self.needs is not None and self.needs.baseline_rollout:  # ReMax: a greedy rollout per prompt
             batch.baseline = self._greedy_baseline([i for i, *_ in kept]).repeat_interleave(c.samples_per_prompt)
         m.update(self._batch_stats(batch))
         if c.show_every and (self.step_num % c.show_every == 0):
@@ -306,7 +311,7 @@ class RLTrainer:
         """No-grad passes: old-policy logprobs (when needed), reference logprobs, critic values."""
         c, alg = self.cfg.rl, self.alg
         size, temp, share = c.sequences_per_microbatch, c.temperature, c.share_prompts
-        fused = c.minibatches_per_rollout * c.epochs_per_rollout == 1 and alg.kl_placement != "reward" and alg.loss != "dpo"
+        fused = c.minibatches_per_rollout * c.epochs_per_rollout == 1 and alg.kl_placement != "reward" and self.kind.fuses_old_logp
         if not fused:
             batch.old_logp = batched_no_grad(lambda p, x, k: policy_forward(self.model, p, x, k, self.pad_id, temp, "none", share)[0],
                                              batch, size)
@@ -318,39 +323,17 @@ class RLTrainer:
             batch.values = batched_no_grad(lambda p, x, k: self.critic(p, x, k, self.pad_id), batch, size)
 
     def advantages(self, batch: RolloutBatch, m: dict) -> None:
-        alg = self.alg
-        if alg.loss == "dpo":
-            return
-        c, steps = self.cfg.rl, batch.step_scores is not None
-        rewards, token_rewards = batch.rewards, None
-        if alg.kl_placement == "reward" and batch.ref_logp is not None:
-            rewards, token_rewards, m["kl_in_reward"] = kl_shaped_rewards(alg, batch.rewards, batch.old_logp, batch.ref_logp, batch.token_mask)
-        token_level = alg.estimator in TOKEN_REWARD_ESTIMATORS
-        if steps and token_level:  # Math-Shepherd: step scores in the token-level reward
-            token_rewards = prm_token_rewards(token_rewards, batch.step_scores, batch.step_mask, c.prm_coef, c.prm_baseline)
-        adv, ret = compute_advantages(
-            alg.estimator, rewards, batch.group_ids, baseline_rewards=batch.baseline, values=batch.values,
-            token_rewards=token_rewards, mask=batch.token_mask, gamma=alg.gamma, lam=alg.lam,
-        )
-        if steps and not token_level:  # DeepSeekMath process supervision beside the outcome advantage
-            proc = process_advantages(batch.step_scores, batch.step_mask, batch.group_ids, mask=batch.token_mask,
-                                      scale_by_std=alg.estimator != "dr_grpo")
-            adv = expand_to_tokens(adv, batch.token_mask) + c.prm_coef * proc
-            m["prm/advantage_abs_mean"] = float(masked_mean(proc.abs(), batch.token_mask))
-        if alg.whiten_advantages and adv.dim() == 2:
-            mean, std = masked_mean(adv, batch.loss_mask), masked_mean((adv - masked_mean(adv, batch.loss_mask)) ** 2, batch.loss_mask).sqrt()
-            adv = (adv - mean) / (std + 1e-8) * batch.loss_mask
-        batch.advantages, batch.returns = adv, ret
-        m["advantage_abs_mean"] = float(adv.abs().mean())
+        """(KL-shaped) rewards -> advantages (`rl_update.step_advantages`); none for online DPO."""
+        if self.kind.advantages:
+            m.update(step_advantages(self.alg, batch, self.cfg.rl.prm_coef, self.cfg.rl.prm_baseline))
 
     def update(self, batch: RolloutBatch) -> dict:
         c, stats = self.cfg.rl, []
         n = len(batch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed + self.step_num)).tolist()
-        if self.alg.loss == "dpo":  # pairs stay whole: mini-batches are cut over groups, not sequences
-            order = list(range(n))
         per = -(-n // c.minibatches_per_rollout)
-        if self.alg.loss == "dpo":
+        if self.kind.whole_groups:  # e.g. DPO pairs stay whole: mini-batches are cut over groups, in order
+            order = list(range(n))
             per = -(-n // c.minibatches_per_rollout // c.samples_per_prompt) * c.samples_per_prompt
         for _ in range(c.epochs_per_rollout):
             for s in range(0, n, per):
@@ -360,12 +343,8 @@ class RLTrainer:
     def _optimizer_step(self, batch: RolloutBatch, idx: list[int]) -> dict:
         c = self.cfg.rl
         self.model.train()
-        if self.alg.loss == "dpo":
-            st = update_dpo(self.model, batch, idx, self.alg, self.pad_id, c.temperature, c.sequences_per_microbatch,
-                            c.samples_per_prompt, share_prompts=c.share_prompts)
-        else:
-            st = update_policy(self.model, batch, idx, self.alg, self.pad_id, c.temperature, c.sequences_per_microbatch,
-                               c.max_new_tokens, share_prompts=c.share_prompts)
+        spec = UpdateSpec(self.pad_id, c.temperature, c.sequences_per_microbatch, c.max_new_tokens, c.share_prompts)
+        st = self.kind.backward(self.model, batch, idx, self.alg, spec)
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.max_grad_norm)
         if not torch.isfinite(grad_norm):
             raise FloatingPointError(f"rl step {self.step_num + 1}: gradient norm is {float(grad_norm)} (loss {st.get('loss')})")

@@ -5,7 +5,7 @@ An `Algorithm` names, for each axis, the registered piece to use:
 | axis               | registry / values                                             |
 |--------------------|---------------------------------------------------------------|
 | estimator          | `posttrain.advantages.ADVANTAGE_ESTIMATORS`                   |
-| loss               | `posttrain.losses.policy.POLICY_LOSSES`, or ``dpo`` (online DPO) |
+| loss               | `posttrain.losses.policy.POLICY_LOSSES`, or an update kind of `rl_update.UPDATE_KINDS` (``dpo``: online DPO) |
 | reducer            | `posttrain.ops.REDUCERS`                                      |
 | kl_placement       | ``loss`` (beta * KL term), ``reward`` (-beta * KL in the reward), ``none`` |
 | kl_estimator       | `posttrain.ops.KL_ESTIMATORS` (k1 / k2 / k3)                  |
@@ -14,6 +14,11 @@ An `Algorithm` names, for each axis, the registered piece to use:
 | overlong_buffer    | DAPO soft overlong punishment over the last N tokens (0: off) |
 | mask_truncated     | no loss on completions cut at max_new_tokens                  |
 | value_model        | a critic (PPO + GAE)                                          |
+
+What a piece needs from the trainer is declared where it is registered, never listed here by name:
+an estimator's `advantages.EstimatorNeeds` (groups, per-token rewards, a greedy baseline rollout, a
+critic) and an update kind's `rl_update.UpdateKind` (advantages or not, a reference model, a group
+size, whole groups per mini-batch); `Algorithm.update` is the kind the loss selects.
 
 Presets (papers; departures noted):
 - grpo: Shao et al. 2024 (DeepSeekMath): group-normalized advantages, PPO clip 0.2, per-sequence
@@ -40,12 +45,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from posttrain.config import ConfigError
-from posttrain.advantages import ADVANTAGE_ESTIMATORS
-from posttrain.losses.policy import POLICY_LOSSES
+from posttrain.advantages import ADVANTAGE_ESTIMATORS, estimator_needs
 from posttrain.ops import KL_ESTIMATORS, REDUCERS
-
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")  # learn only from reward spread in a group
-TOKEN_REWARD_ESTIMATORS = ("reinforce_pp", "reinforce_pp_baseline", "gae")  # accept per-token rewards
+from posttrain.trainers.rl_update import UpdateKind, update_kind
 
 
 @dataclass(frozen=True)
@@ -73,19 +75,26 @@ class Algorithm:
     dpo_beta: float = 0.1
 
     @property
+    def update(self) -> UpdateKind:
+        """The update kind `loss` selects (policy gradient, or online DPO for ``dpo``)."""
+        return update_kind(self.loss)
+
+    @property
     def needs_reference(self) -> bool:
-        return self.loss == "dpo" or (self.kl_placement != "none" and self.kl_coef > 0)
+        return self.update.reference or (self.kl_placement != "none" and self.kl_coef > 0)
 
     def validate(self) -> None:
-        if self.loss != "dpo":
-            POLICY_LOSSES.get(self.loss)
+        kind = self.update
+        if kind.losses is not None:
+            kind.losses.get(self.loss)
+        if kind.advantages:
             ADVANTAGE_ESTIMATORS.get(self.estimator)
+            if estimator_needs(self.estimator).value_model and not self.value_model:
+                raise ConfigError(f"the {self.estimator} estimator needs value_model=true (a critic)")
         REDUCERS.get(self.reducer)
         KL_ESTIMATORS.get(self.kl_estimator)
         if self.kl_placement not in ("loss", "reward", "none"):
             raise ConfigError(f"kl_placement must be loss, reward or none, got '{self.kl_placement}'")
-        if self.estimator == "gae" and not self.value_model:
-            raise ConfigError("the gae estimator needs value_model=true (a critic)")
         if self.overlong_buffer < 0 or self.clip_low < 0 or self.clip_high < 0 or self.kl_coef < 0:
             raise ConfigError("overlong_buffer, clip_low, clip_high and kl_coef must be >= 0")
 

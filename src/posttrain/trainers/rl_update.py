@@ -1,19 +1,34 @@
-"""The update half of the online RL step: one optimizer step's gradient, accumulated over
-micro-batches, for the policy objectives, online DPO and the PPO critic; plus the health checks.
+"""The update half of the online RL step: advantages from the (KL-shaped) rewards, one optimizer
+step's gradient accumulated over micro-batches for each registered update kind (policy gradient,
+online DPO) and the PPO critic; plus the health checks.
 
-Every micro-batch loss is normalized by counts of the whole mini-batch (tokens, sequences, the fixed
-length `max_new_tokens` for ``seq-sum-norm``), so the summed gradient is independent of the split.
+Every micro-batch loss is normalized by counts of the whole mini-batch (tokens, trained sequences,
+the fixed length `max_new_tokens` for ``seq-sum-norm``), so the summed gradient is independent of the
+split. A fully masked row (a truncated completion under ``mask_truncated``) is not a trained sequence
+(`ops.count_sequences`, as verl).
+
+Update kinds (`UPDATE_KINDS`): ``policy`` (the PPO family: advantages, a `POLICY_LOSSES` objective,
+KL-in-loss and entropy terms) and ``dpo`` (online DPO, Guo et al. 2024: best / worst completion of a
+group as a DPO pair). What a kind needs from the step (advantages, a reference model, a group size,
+whole groups per mini-batch) is declared in its `UpdateKind`, so the trainer never tests loss names.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
 import torch
 
-from posttrain.losses.policy import entropy_bonus, kl_penalty_loss, policy_loss
-from posttrain.losses.preference import PREFERENCE_LOSSES, PreferenceLogps
+from posttrain.advantages import compute_advantages, estimator_needs, expand_to_tokens, process_advantages
+from posttrain.losses.policy import POLICY_LOSSES, entropy_bonus, kl_penalty_loss, policy_loss
+from posttrain.losses.preference import PREFERENCE_LOSSES, PreferenceLogps, preference_needs
 from posttrain.losses.value import value_loss
-from posttrain.ops import aggregate, kl_estimate, masked_mean
+from posttrain.ops import aggregate, count_sequences, kl_estimate, masked_mean
+from posttrain.registry import Registry
 from posttrain.trainers.rl_batch import RolloutBatch, microbatches, policy_forward
-from posttrain.trainers.rl_presets import GROUP_ESTIMATORS, TOKEN_REWARD_ESTIMATORS, Algorithm
+
+if TYPE_CHECKING:
+    from posttrain.trainers.rl_presets import Algorithm
 
 _SUMMED = ("loss", "value_loss", "pairs")  # stats that add over micro-batches; the rest are token-weighted means
 
@@ -51,7 +66,8 @@ def _inputs(batch: RolloutBatch, mb: list[int]):
 def update_policy(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pad_id: int, temperature: float,
                   sequences_per_microbatch: int, max_new_tokens: int, share_prompts: bool = True) -> dict:
     """Backward the policy loss (+ KL-in-loss, + entropy bonus) of sequences `idx`; returns stats."""
-    red = dict(num_tokens=batch.loss_mask[idx].sum().clamp_min(1), num_seqs=len(idx), fixed_length=max_new_tokens)
+    m_all = batch.loss_mask[idx]
+    red = dict(num_tokens=m_all.sum().clamp_min(1), num_seqs=count_sequences(m_all).clamp_min(1), fixed_length=max_new_tokens)
     total: dict = {}
     for mb in microbatches(idx, sequences_per_microbatch):
         logp, ent = policy_forward(model, *_inputs(batch, mb), pad_id, temperature, "grad" if alg.entropy_coef else "no_grad",
@@ -96,7 +112,7 @@ def kl_shaped_rewards(alg: Algorithm, rewards, old_logp, ref_logp, token_mask):
     """
     kl = kl_estimate(old_logp, ref_logp, alg.kl_estimator) * token_mask
     mean = float(masked_mean(kl, token_mask))
-    if alg.estimator in TOKEN_REWARD_ESTIMATORS:
+    if estimator_needs(alg.estimator).token_rewards:
         return rewards, -alg.kl_coef * kl, mean
     return rewards - alg.kl_coef * kl.sum(-1), None, mean
 
@@ -106,6 +122,45 @@ def prm_token_rewards(token_rewards, step_scores, step_mask, coef: float, baseli
     added to the token-level rewards (None: there is no other per-token reward). (N, T)."""
     dense = coef * (step_scores - baseline) * step_mask.to(step_scores.dtype)
     return dense if token_rewards is None else token_rewards + dense
+
+
+def whiten(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(adv - mean) / (std + eps) over the valid tokens of the batch, 0 elsewhere (biased std)."""
+    mean = masked_mean(adv, mask)
+    std = masked_mean((adv - mean) ** 2, mask).sqrt()
+    return (adv - mean) / (std + eps) * mask
+
+
+def step_advantages(alg: Algorithm, batch: RolloutBatch, prm_coef: float = 1.0, prm_baseline: float = 0.5) -> dict:
+    """(KL-shaped) rewards -> ``batch.advantages`` / ``batch.returns``; returns the step's metrics.
+
+    KL in the reward uses the old-policy and reference logprobs (`kl_shaped_rewards`); PRM step scores
+    enter the token rewards of estimators that take them, else as `process_advantages` beside the
+    outcome advantage. ``whiten_advantages`` whitens over the trained tokens (PPO); a sequence-level
+    advantage is first spread over its tokens (it used to be left unwhitened, silently).
+    """
+    m: dict = {}
+    needs = estimator_needs(alg.estimator)
+    steps = batch.step_scores is not None
+    rewards, token_rewards = batch.rewards, None
+    if alg.kl_placement == "reward" and batch.ref_logp is not None:
+        rewards, token_rewards, m["kl_in_reward"] = kl_shaped_rewards(alg, batch.rewards, batch.old_logp, batch.ref_logp, batch.token_mask)
+    if steps and needs.token_rewards:  # Math-Shepherd: step scores in the token-level reward
+        token_rewards = prm_token_rewards(token_rewards, batch.step_scores, batch.step_mask, prm_coef, prm_baseline)
+    adv, ret = compute_advantages(
+        alg.estimator, rewards, batch.group_ids, baseline_rewards=batch.baseline, values=batch.values,
+        token_rewards=token_rewards, mask=batch.token_mask, gamma=alg.gamma, lam=alg.lam,
+    )
+    if steps and not needs.token_rewards:  # DeepSeekMath process supervision beside the outcome advantage
+        proc = process_advantages(batch.step_scores, batch.step_mask, batch.group_ids, mask=batch.token_mask,
+                                  scale_by_std=needs.process_std)
+        adv = expand_to_tokens(adv, batch.token_mask) + prm_coef * proc
+        m["prm/advantage_abs_mean"] = float(masked_mean(proc.abs(), batch.token_mask))
+    if alg.whiten_advantages:
+        adv = whiten(expand_to_tokens(adv, batch.token_mask), batch.loss_mask)
+    batch.advantages, batch.returns = adv, ret
+    m["advantage_abs_mean"] = float(adv.abs().mean())
+    return m
 
 
 def dpo_pairs(batch: RolloutBatch, idx: list[int]) -> list[tuple[int, int]]:
@@ -120,7 +175,7 @@ def dpo_pairs(batch: RolloutBatch, idx: list[int]) -> list[tuple[int, int]]:
 
 
 def update_dpo(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pad_id: int, temperature: float,
-               sequences_per_microbatch: int, samples_per_prompt: int, share_prompts: bool = True) -> dict:
+               sequences_per_microbatch: int, share_prompts: bool = True) -> dict:
     """Online DPO: backward the DPO loss of on-policy (best, worst) pairs, averaged over pairs."""
     pairs = dpo_pairs(batch, idx)
     total: dict = {"pairs": 0.0}
@@ -164,6 +219,75 @@ def update_value(critic, opt, batch: RolloutBatch, idx: list[int], alg: Algorith
     return {**_finish(total), "value_grad_norm": float(norm)}
 
 
+# ----------------------------------------------------------------------------------------------
+# update kinds
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """How one optimizer step's forward passes are laid out (the same for every update kind)."""
+
+    pad_id: int
+    temperature: float
+    sequences_per_microbatch: int
+    max_new_tokens: int
+    share_prompts: bool = True
+
+
+@dataclass(frozen=True)
+class UpdateKind:
+    """One way to turn a rollout batch into a gradient, and what it needs from the step.
+
+    backward(model, batch, idx, alg, spec) -> stats: one optimizer step's gradient over sequences `idx`.
+    losses: the registry `Algorithm.loss` is looked up in (None: the kind's own name is the loss).
+    advantages: the step computes advantages (the estimator runs and is validated); False: the update
+      reads the rewards itself.
+    reference: a frozen reference model is needed whatever the KL settings.
+    min_samples_per_prompt / why: the group size below which the kind cannot work, and the reason.
+    whole_groups: mini-batches are cut over whole groups in batch order, not over shuffled sequences.
+    fuses_old_logp: with one optimizer step per rollout and no KL in the reward, the old-policy
+      logprobs are the update's own detached logprobs (a no-grad pass saved).
+    dense_rewards: accepts PRM step scores (``rl.prm_model``).
+    group_signal: learns only from reward differences inside a group, whatever the estimator.
+    """
+
+    backward: Callable[..., dict]
+    losses: Registry | None = None
+    advantages: bool = True
+    reference: bool = False
+    min_samples_per_prompt: int = 1
+    why: str = ""
+    whole_groups: bool = False
+    fuses_old_logp: bool = True
+    dense_rewards: bool = True
+    group_signal: bool = False
+
+
+UPDATE_KINDS: Registry[UpdateKind] = Registry("RL update kind")
+
+
+def _policy_backward(model, batch, idx, alg, spec: UpdateSpec) -> dict:
+    return update_policy(model, batch, idx, alg, spec.pad_id, spec.temperature, spec.sequences_per_microbatch,
+                         spec.max_new_tokens, share_prompts=spec.share_prompts)
+
+
+def _dpo_backward(model, batch, idx, alg, spec: UpdateSpec) -> dict:
+    return update_dpo(model, batch, idx, alg, spec.pad_id, spec.temperature, spec.sequences_per_microbatch,
+                      share_prompts=spec.share_prompts)
+
+
+UPDATE_KINDS.register("policy")(UpdateKind(_policy_backward, losses=POLICY_LOSSES))
+UPDATE_KINDS.register("dpo")(UpdateKind(
+    _dpo_backward, advantages=False, reference=preference_needs("dpo").reference, min_samples_per_prompt=2,
+    why="a pair per prompt", whole_groups=True, fuses_old_logp=False, dense_rewards=False, group_signal=True))
+
+
+def update_kind(loss: str) -> UpdateKind:
+    """The kind registered under `loss` (``dpo``: online DPO), else the policy-gradient kind (`loss` is
+    then a `POLICY_LOSSES` name)."""
+    return UPDATE_KINDS.get(loss if loss in UPDATE_KINDS else "policy")
+
+
 def health_warnings(m: dict, alg: Algorithm, min_entropy: float, max_kl: float) -> list[str]:
     """'kind: message' for each sign in the step's metrics that the run cannot learn or is breaking."""
     out = []
@@ -172,7 +296,7 @@ def health_warnings(m: dict, alg: Algorithm, min_entropy: float, max_kl: float) 
         out.append("truncation: every completion hit max_new_tokens; rewards rarely see an answer (raise rl.max_new_tokens)")
     elif trunc >= 0.5:
         out.append(f"truncation: {trunc:.0%} of completions hit max_new_tokens")
-    group_based = alg.estimator in GROUP_ESTIMATORS or alg.loss == "dpo"
+    group_based = alg.update.group_signal or estimator_needs(alg.estimator).groups
     if group_based and m.get("zero_variance_group_share", 0.0) >= 0.999:
         out.append("no_signal: every group has identical rewards, so every advantage is 0 and the run cannot learn "
                    "(the task is too hard or too easy for this model; use dynamic sampling or another task)")

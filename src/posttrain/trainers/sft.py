@@ -23,8 +23,8 @@ from posttrain.models import load_model_and_tokenizer
 from posttrain.ops import aggregate, token_logprobs
 from posttrain.configs import SFTConfig, SFTOptions  # noqa: F401  (re-exported)
 from posttrain.trainers.common import (
-    DataOrder, apply_lora, build_optimizer, default_verifier, exact_match_eval, load_split, optimizer_step,
-    seed_everything, training_loop,
+    DataOrder, apply_lora, bind_inputs, build_optimizer, default_verifier, exact_match_eval, load_split,
+    optimizer_step, seed_everything, training_loop,
 )
 
 
@@ -52,14 +52,28 @@ def reference_answer(completion) -> str | None:
 
 
 class SFTTrainer:
-    def __init__(self, cfg: SFTConfig, model=None, tokenizer=None):
+    """Supervised fine-tuning (see the module docstring): completion-only loss, packing, LoRA.
+
+    `cfg` holds every option (`SFTConfig`; the CLI builds the same object from YAML and flags).
+    `model`: a name or folder (``"tiny-llama:d=32,l=2,h=2"``, ``"runs/sft"``, a Hugging Face folder),
+    or a causal LM module given with its `tokenizer`; None loads ``cfg.model.name``.
+    `train_data` / `eval_data`: a path (or ``task:NAME``), a list of dicts, or a ``datasets.Dataset``
+    of language-modeling (``text`` / ``messages``) or prompt-completion rows; they replace
+    ``cfg.data.path`` / ``cfg.data.eval_path`` (see `posttrain.trainers.common.bind_inputs`). A bad row
+    raises `DataError` naming it (``train_data[3]: field 'completion': ...``) before any model loads.
+    Held-out rows with an ``answer`` (or a ``#### 42`` answer in the completion) are also scored by
+    greedy exact match. The run folder is ``cfg.train.out``.
+    """
+
+    def __init__(self, cfg: SFTConfig, model=None, tokenizer=None, *, train_data=None, eval_data=None):
+        cfg, model, train_rows, eval_rows = bind_inputs(cfg, model, train_data, eval_data)
         self.cfg = cfg
         self.resume_from = prepare_run(cfg, "sft", (cfg.model.name,))
         seed_everything(cfg.train.seed)
         # the data first: a bad row is reported before any model is loaded
-        train, self.task = load_split(cfg.data, "sft")
+        train, self.task = load_split(cfg.data, "sft", source=train_rows)
         train, n_empty, why = check_sft_examples(train, cfg.data.on_error)  # rows with nothing to learn: error or counted skip
-        self.eval_examples, _ = load_split(cfg.data, "sft_eval")
+        self.eval_examples, _ = load_split(cfg.data, "sft_eval", source=eval_rows)
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
         if cfg.model.gradient_checkpointing:
@@ -97,6 +111,7 @@ class SFTTrainer:
         self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
 
     def describe(self) -> dict:
+        """The run's derived sizes: parameters, examples, tokens, micro-batches per step, epochs."""
         c = self.cfg
         n_params = sum(p.numel() for p in self.model.parameters())
         n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
@@ -115,10 +130,14 @@ class SFTTrainer:
             self.step = st["step"]
 
     def save(self) -> Path:
+        """Checkpoint the current step into ``out/checkpoints/step-NNNNNNN`` (model or LoRA adapter,
+        tokenizer, optimizer, schedule, data position); returns its folder."""
         state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
         return save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
 
     def train_step(self) -> dict:
+        """One optimizer step over ``sft.sequences_per_step`` examples; returns its metrics
+        (loss, grad_norm, lr, tokens, loss_tokens)."""
         c = self.cfg
         batch = [self.train_examples[i] for i in self.order.take(c.sft.sequences_per_step)]
         n_loss = sum(sum(e.loss_mask[1:]) for e in batch)
@@ -135,6 +154,7 @@ class SFTTrainer:
 
     @torch.no_grad()
     def eval_loss(self) -> float | None:
+        """Mean completion-token NLL on the held-out rows (None without held-out rows)."""
         if not self.eval_tokenized:
             return None
         self.model.eval()
@@ -143,6 +163,8 @@ class SFTTrainer:
         return total / n
 
     def evaluate(self) -> dict:
+        """Held-out metrics: ``eval/loss`` and, for rows with a reference answer, greedy
+        ``eval/accuracy`` and ``eval/mean_completion_tokens``; empty without held-out rows."""
         out = {}
         loss = self.eval_loss()
         if loss is not None:
@@ -155,6 +177,8 @@ class SFTTrainer:
         return out
 
     def train(self) -> dict:
+        """Train to ``train.max_steps`` (or ``sft.target_accuracy``), evaluate, save the final
+        checkpoint; returns the last step's metrics, the final eval and ``checkpoint`` (its folder)."""
         c = self.cfg
         console.print(f"sft config: {json.dumps(dataclasses.asdict(c), default=str)}")
         console.print(f"sft sizes: {json.dumps(self.describe())}")

@@ -1,0 +1,6 @@
+"""`python -m posttrain STAGE ...`: the same as the `posttrain` command."""
+import sys
+
+from posttrain.cli import main
+
+sys.exit(main())
