@@ -22,6 +22,7 @@ SHRINK = {  # appended to each stage's commands (later options win)
     "prm": ["--data.train_rows", "8", "--prm.label_problems", "4", "--prm.solutions_per_problem", "2",
             "--prm.rollouts_per_step", "1", "--prm.sequences_per_step", "4", "--prm.label_max_new_tokens", "16"],
     "eval": ["--data.limit", "2", "--sampling.n", "2", "--sampling.ks", "1,2", "--sampling.max_new_tokens", "8"],
+    "data": ["--data.limit", "8", "--passrate.k", "2", "--passrate.max_new_tokens", "8"],
     "demo": ["--model", TINY, "--sft_steps", "2", "--sequences_per_step", "4", "--eval_problems", "2", "--stages", "sft"],
 }
 
@@ -58,7 +59,9 @@ def _shrunk(words: list[str]) -> list[str]:
         out += ["--max-steps", "2"]
     if out[0] == "eval" and "gsm8k" in out:
         out += ["--data.path", str(SHARED / "gsm8k" / "test.jsonl")]
-    quiet = {"export": [], "demo": ["--progress", "false"]}.get(out[0], ["--train.progress", "false"])
+    if out[0] == "data" and "--benchmark" in out:  # the default data root is ../shared/data from the CWD
+        out += ["--data.root", str(SHARED)]
+    quiet = {"export": [], "demo": ["--progress", "false"], "data": ["--progress", "false"]}.get(out[0], ["--train.progress", "false"])
     return out + SHRINK.get(out[0], []) + quiet
 
 
