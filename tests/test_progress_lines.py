@@ -53,3 +53,29 @@ def test_line_cadence_by_seconds_and_disabled(monkeypatch):
     off = ProgressBar(10, "sft", False, stream=quiet)
     off.update(10, loss=1.0)
     assert quiet.getvalue() == ""
+
+
+RL_LINE = re.compile(r"^rl/grpo step (\d+)/6 \((\d+)%\) \| reward ([\d.e+-]+|nan) \| kl ([\d.e+-]+) \| lr ([\d.e-]+)"
+                     r" \| steps/s [\d.e+]+(?: \| (eval/\w+) ([\d.]+) @(\d+))? \| elapsed \d+:\d\d:\d\d"
+                     r"(?: \| eta \d+:\d\d:\d\d)?$")
+
+
+def test_rl_with_stdout_in_a_file_prints_progress_lines_with_lr_and_eval(tmp_path):
+    log = tmp_path / "run.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "posttrain", "rl", "--model", "tiny-llama:d=32,l=2,h=2", "--data", "task:addition:digits=1",
+           "--data.train_rows", "32", "--data.eval_rows", "4", "--max-steps", "6", "--train.log_every", "2",
+           "--train.progress_every_s", "0", "--train.eval_every", "3", "--rl.prompts_per_step", "4",
+           "--rl.samples_per_prompt", "2", "--rl.max_new_tokens", "4", "--out", str(tmp_path / "rl")]
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("rl/grpo step")]
+    parsed = [RL_LINE.match(ln) for ln in lines]
+    assert all(parsed), lines
+    steps = [int(m.group(1)) for m in parsed]
+    assert steps == [1, 2, 3, 4, 6]  # the first step, every log_every=2 steps, the eval at 3, the last
+    assert parsed[0].group(6) is None and parsed[2].group(6) == "eval/accuracy" and parsed[2].group(8) == "3"
+    assert parsed[-1].group(8) == "3"  # the latest eval is carried on later lines
+    assert all(float(m.group(5)) > 0 for m in parsed)  # the step's learning rate
+    assert "━" not in log.read_text()

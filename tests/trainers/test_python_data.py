@@ -122,3 +122,75 @@ def test_reward_model_on_pairs_from_python(tmp_path):
         RewardTrainer(RewardConfig(model=ModelConfig(name=MODEL), train=TrainConfig(out=str(tmp_path / "rm2"))),
                       train_data=PAIRS, eval_data=[PAIRS[0], {"prompt": "x", "chosen": "y", "rejected": ""}])
     assert torch.isfinite(torch.tensor(out["loss"]))
+
+
+RL_ROWS = [{"prompt": f"{a}+{b}=", "answer": str(a + b), "level": a} for a in range(4) for b in range(4)]
+
+
+def _rl_cfg(out, data=None):
+    from posttrain.configs import RLConfig, RLOptions
+
+    return RLConfig(algo="grpo", model=ModelConfig(name=MODEL), data=data or DataConfig(eval_rows=4),
+                    optim=OptimConfig(lr=1e-3, schedule="constant"),
+                    train=TrainConfig(out=str(out), max_steps=1, progress=False),
+                    rl=RLOptions(prompts_per_step=4, samples_per_prompt=2, max_new_tokens=3, show_every=0))
+
+
+def _first_step(trainer):
+    m = trainer.step()
+    return {k: m[k] for k in ("reward_mean", "loss", "grad_norm", "completion_tokens_mean")}
+
+
+def test_rl_on_a_list_a_dataset_and_a_file_gives_the_same_first_step(tmp_path):
+    from posttrain.trainers.rl import RLTrainer
+
+    f = _write_jsonl(tmp_path / "prompts.jsonl", RL_ROWS)
+    from_file = _first_step(RLTrainer(_rl_cfg(tmp_path / "a", DataConfig(path=str(f), eval_rows=4))))
+    from_list = RLTrainer(_rl_cfg(tmp_path / "b"), train_data=RL_ROWS, eval_data=RL_ROWS[:3])
+    assert from_list.cfg.data.path == "python:train_data" and len(from_list.rows) == len(RL_ROWS)
+    assert len(from_list.eval_rows) == 3 and from_list.task is None
+    assert _first_step(from_list) == pytest.approx(from_file, abs=1e-6)
+    from_dataset = RLTrainer(_rl_cfg(tmp_path / "c"), train_data=datasets.Dataset.from_list(RL_ROWS))
+    assert from_dataset.eval_rows == []  # no eval_data: no slice of the training rows is held out
+    assert _first_step(from_dataset) == pytest.approx(from_file, abs=1e-6)
+
+
+def test_rl_bad_rows_from_python_name_the_row_and_field(tmp_path):
+    from posttrain.trainers.rl import RLTrainer
+
+    with pytest.raises(DataError, match=r"^train_data\[2\]: field 'prompt': empty string"):
+        RLTrainer(_rl_cfg(tmp_path / "a"), train_data=RL_ROWS[:2] + [{"prompt": " ", "answer": "1"}])
+    with pytest.raises(DataError, match=r"^eval_data\[1\]: field 'prompt'"):
+        RLTrainer(_rl_cfg(tmp_path / "b"), train_data=RL_ROWS, eval_data=[RL_ROWS[0], {"prompt": 5, "answer": "1"}])
+
+
+def _stepwise(n):
+    return [{"prompt": "check", "completions": [f"{10 + i} ok", f"{20 + i} {'ok' if i % 2 else 'no'}"],
+             "labels": [1.0, float(i % 2)]} for i in range(n)]
+
+
+def _prm_cfg(out, data=None):
+    from posttrain.configs import PRMConfig, PRMOptions
+
+    return PRMConfig(model=ModelConfig(name="tiny-llama:d=32,l=1,h=2"), data=data or DataConfig(max_length=64),
+                     optim=OptimConfig(lr=1e-2, schedule="constant"),
+                     train=TrainConfig(out=str(out), max_steps=2, progress=False),
+                     prm=PRMOptions(sequences_per_step=8, sequences_per_microbatch=8, eval_share=0.0))
+
+
+def test_prm_on_a_list_a_dataset_and_a_file_trains_identically(tmp_path):
+    from posttrain.trainers.prm import PRMTrainer
+
+    rows = _stepwise(16)
+    f = _write_jsonl(tmp_path / "steps.jsonl", rows)
+    from_file = _losses(PRMTrainer(_prm_cfg(tmp_path / "a", DataConfig(path=str(f), max_length=64))))
+    from_list = PRMTrainer(_prm_cfg(tmp_path / "b"), train_data=rows, eval_data=_stepwise(3))
+    assert len(from_list.train_set) == 16 and len(from_list.eval_set) == 3
+    assert _losses(from_list) == pytest.approx(from_file, abs=1e-6)
+    assert set(from_list.evaluate()) == {"eval/loss", "eval/step_accuracy"}
+    from_dataset = PRMTrainer(_prm_cfg(tmp_path / "c"), train_data=datasets.Dataset.from_list(rows))
+    assert _losses(from_dataset) == pytest.approx(from_file, abs=1e-6)
+    with pytest.raises(DataError, match=r"^train_data\[1\]: field 'labels'"):
+        PRMTrainer(_prm_cfg(tmp_path / "d"), train_data=[rows[0], {**rows[1], "labels": [1.0]}])
+    with pytest.raises(DataError, match=r"^eval_data\[0\]: field 'completions'"):
+        PRMTrainer(_prm_cfg(tmp_path / "e"), train_data=rows, eval_data=[{**rows[0], "completions": "one step"}])

@@ -15,9 +15,14 @@ Each keyword is a list aligned with ``completions``. The signature is inspected 
 called by keyword; one without ``**kwargs`` gets only the keywords it names; a function whose first
 two parameters have other names (``lambda p, c, **kw``) gets prompts and completions by position, as
 before. Keywords passed:
-- ``prompts``, ``completions``: **text**. Departure from TRL: for conversational data TRL passes
-  message lists (``completions[i] == [{"role": "assistant", "content": ...}]``); posttrain passes the
-  prompt's message contents joined by newlines and the completion's decoded text, always strings;
+- ``prompts``, ``completions``: for a plain-text prompt, the prompt and the completion's decoded text.
+  For a conversational prompt (a message list), TRL's shapes: ``prompts[i]`` is the message list as
+  the data gave it and ``completions[i] == [{"role": "assistant", "content": text}]``. The built-in
+  rewards (functions defined in posttrain, see `is_builtin_reward`) always get text: the prompt's
+  message contents joined by newlines and the completion text. `combine_rewards` takes the TRL
+  shapes as ``trl_prompts`` / ``trl_completions``; the RL trainer passes them for your data, not for
+  built-in tasks (``task:NAME``: their prompts are message lists only to get the chat template, so
+  every function gets text);
 - ``completion_ids`` (token ids from the rollout) and ``completion_lengths`` when the trainer has them;
 - ``answer`` (the reference answer), also under the TRL / verl names ``solution`` and ``ground_truth``
   when the data has no column of that name, and every other dataset column under its own name;
@@ -62,7 +67,7 @@ import torch
 from posttrain.errors import UserError
 
 __all__ = ["RewardFn", "RewardOutput", "RewardError", "FAILURE_SCORE", "ANSWER_ALIASES", "call_reward",
-           "combine_rewards", "reward_name"]
+           "combine_rewards", "is_builtin_reward", "reward_name"]
 
 FAILURE_SCORE = 0.0
 ANSWER_ALIASES = ("solution", "ground_truth")  # the reference answer's names in TRL examples / verl
@@ -108,6 +113,15 @@ def reward_name(fn: Callable) -> str:
     while isinstance(fn, functools.partial):
         fn = fn.func
     return getattr(fn, "__name__", type(fn).__name__)
+
+
+def is_builtin_reward(fn: Callable) -> bool:
+    """True for posttrain's own reward callables (defined in a ``posttrain`` module; partials
+    unwrapped): they read text, never TRL's conversational message lists."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    module = getattr(fn, "__module__", None) if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn).__module__
+    return (module or "").split(".")[0] == "posttrain"
 
 
 def _unique_names(funcs) -> list[str]:
@@ -295,9 +309,14 @@ def combine_rewards(
     *,
     max_workers: int = 4,
     timeout_s: float = 60.0,
+    trl_prompts: Sequence | None = None,
+    trl_completions: Sequence | None = None,
 ) -> RewardOutput:
     """Run every (fn, weight) on the batch in parallel daemon threads; see the module docstring.
 
+    `prompts` / `completions` are text. `trl_prompts` / `trl_completions`, when given, are the same
+    items in TRL's shapes (message lists for conversational prompts, text otherwise); functions that
+    are not built-ins (`is_builtin_reward`) get those instead.
     Raises `RewardError` when a function fails on every item of a non-empty batch."""
     prompts, completions = list(prompts), list(completions)
     columns = {k: list(v) for k, v in (columns or {}).items()}
@@ -310,10 +329,14 @@ def combine_rewards(
     if "answer" in columns:
         for alias in ANSWER_ALIASES:
             columns.setdefault(alias, columns["answer"])
+    trl = (list(trl_prompts if trl_prompts is not None else prompts),
+           list(trl_completions if trl_completions is not None else completions))
+    if len(trl[0]) != n or len(trl[1]) != n:
+        raise ValueError(f"{len(trl[0])} trl_prompts and {len(trl[1])} trl_completions for {n} completions")
     funcs = list(funcs_with_weights)
     names = _unique_names(funcs)
-    results = _run_daemon([functools.partial(_run_one, fn, prompts, completions, columns) for fn, _ in funcs],
-                          max_workers, timeout_s)
+    results = _run_daemon([functools.partial(_run_one, fn, *((prompts, completions) if is_builtin_reward(fn) else trl), columns)
+                           for fn, _ in funcs], max_workers, timeout_s)
     total = torch.zeros(n, dtype=torch.float32)
     out = dict(scores={}, valid={}, weights={}, errors={}, timeouts={}, nans={}, missing={}, first_errors={})
     broken: list[tuple[str, str, BaseException | None]] = []
@@ -343,6 +366,6 @@ def combine_rewards(
         raise RewardError(
             f"reward function '{name}' failed on all {n} completions of a batch: {first}{others}. It is called by "
             "keyword as fn(prompts=, completions=, completion_ids=, answer=, <dataset columns>=, ...) with lists "
-            "of text; see posttrain.rewards.base"
+            "of text (of message lists for conversational prompts, as TRL); see posttrain.rewards.base"
         ) from exc
     return RewardOutput(total=total, **out)

@@ -38,13 +38,17 @@ from pathlib import Path
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_peak_lr, set_rng_state, torch_save_atomic
+from posttrain.checkpoint import (
+    latest_checkpoint, load_state, load_weights_into, save_checkpoint, set_peak_lr, set_rng_state, torch_save_atomic,
+)
 from posttrain.errors import UserError
 from posttrain.runs import prepare_run
 from posttrain.configs import PreferenceConfig, PreferenceOptions  # noqa: F401  (re-exported)
 from posttrain.data import DataError
 from posttrain.logging import MetricsLogger, console, warn
-from posttrain.losses.preference import PREFERENCE_LOSSES, UNPAIRED_LOSSES, PreferenceLogps, UnpairedLogps, combined_loss
+from posttrain.losses.preference import (
+    PREFERENCE_LOSSES, UNPAIRED_LOSSES, PreferenceLogps, UnpairedLogps, combined_loss, preference_needs,
+)
 from posttrain.models import load_model_and_tokenizer
 from posttrain.trainers.common import (
     DataOrder, apply_lora, bind_inputs, build_optimizer, default_verifier, exact_match_eval, optimizer_step,
@@ -53,7 +57,6 @@ from posttrain.trainers.common import (
 from posttrain.trainers.pairs import TokenizedPair, first_divergent_step, load_pairs, pair_batch, sequence_batch, sequence_logps, tokenize_pairs
 from posttrain.trainers.pref_data import FallingLogpsMonitor, parse_loss_spec, self_generated_rejections, unpair
 
-REFERENCE_FREE = {"simpo", "orpo", "sft"}
 
 
 class PreferenceTrainer:
@@ -76,7 +79,9 @@ class PreferenceTrainer:
         seed_everything(cfg.train.seed)
         self.unpaired = any(name in UNPAIRED_LOSSES for name in self.losses)
         self.hp = {k: float(v) for k, v in cfg.pref.loss_args.items()}
-        self.uses_reference = any(name not in REFERENCE_FREE for name in self.losses)
+        self.uses_reference = any(  # declared with each loss's registration (`PreferenceNeeds.reference`)
+            preference_needs(name, UNPAIRED_LOSSES if name in UNPAIRED_LOSSES else PREFERENCE_LOSSES).reference
+            for name in self.losses)
         if cfg.pref.reference not in ("cached", "live"):
             raise ConfigError(f"pref.reference must be 'cached' or 'live', got '{cfg.pref.reference}'")
         self._train_rows = load_pairs(cfg.data, "train", source=train_rows)  # the data first: a bad row is reported before any model is loaded
@@ -336,8 +341,6 @@ class PreferenceTrainer:
 
     def _resume(self) -> None:
         ck = latest_checkpoint(self.run_dir)
-        from posttrain.trainers.weights import load_weights_into
-
         load_weights_into(self.model, ck)
         st = load_state(ck)
         self.opt.load_state_dict(st["optimizer"])

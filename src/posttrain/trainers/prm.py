@@ -47,7 +47,9 @@ from posttrain.logging import MetricsLogger, console, warn
 from posttrain.losses.reward import prm_step_loss
 from posttrain.models.prm import PRMScorer, ProcessRewardModel, collate_steps, encode_steps, prompt_ids, split_token_steps
 from posttrain.rollout import HFEngine, SamplingParams
-from posttrain.trainers.common import DataOrder, build_optimizer, seed_everything, training_loop
+from posttrain.trainers.common import (
+    IN_MEMORY, DataOrder, _missing_rows, bind_inputs, build_optimizer, print_report, seed_everything, training_loop,
+)
 
 __all__ = ["PRMOptions", "PRMConfig", "PRMTrainer", "prm800k_rows", "auto_label", "task_prm_rows", "split_token_steps", "run"]
 
@@ -144,6 +146,8 @@ def task_prm_rows(task, completer, tokenizer, opts: PRMOptions, seed: int = 0, g
 def load_prm_rows(cfg: PRMConfig, seed: int = 0) -> list[dict]:
     """Stepwise rows for `cfg.data.path` (see the module docstring), validated by `load_examples`."""
     path, opts = cfg.data.path, cfg.prm
+    if path.startswith(IN_MEMORY):  # a run trained on rows from Python, resumed without them
+        raise _missing_rows(path)
     if path.startswith("task:"):
         from posttrain.models import load_model_and_tokenizer
         from posttrain.tasks import load_task_spec
@@ -173,14 +177,57 @@ def load_prm_rows(cfg: PRMConfig, seed: int = 0) -> list[dict]:
     return [{"prompt": e.prompt, "completions": e.steps, "labels": e.step_labels} for e in examples]
 
 
+def _stepwise_rows(source, cfg: PRMConfig, limit: int, name: str | None = None) -> list[dict]:
+    """Stepwise rows {prompt, completions, labels} of a stepwise file or of rows from Python (`name`:
+    what errors call them, ``train_data`` / ``eval_data``), validated by `load_examples`."""
+    examples, report = load_examples(source, kind="stepwise", columns=cfg.data.columns, on_error=cfg.data.on_error,
+                                     limit=limit, name=name)
+    print_report(report)
+    return [{"prompt": e.prompt, "completions": e.steps, "labels": e.step_labels} for e in examples]
+
+
 class PRMTrainer:
-    def __init__(self, cfg: PRMConfig, model=None, tokenizer=None, rows: list[dict] | None = None):
+    """A process reward model (see the module docstring): a backbone plus a linear head scoring each
+    reasoning step, trained with per-step BCE; the saved folder is what ``--rl.prm_model`` and the
+    search commands load.
+
+    `cfg` holds every option (`PRMConfig`; the CLI builds the same object from YAML and flags).
+    `model`: a name or folder (``"tiny-llama:d=32,l=2,h=2"``, a Hugging Face folder) or a causal LM
+    module given with its `tokenizer`, the backbone; None loads ``cfg.model.name``.
+    `train_data` / `eval_data`: a path (or ``task:NAME``, auto-labelled), a list of dicts or a
+    ``datasets.Dataset`` of stepwise rows (``prompt``, ``completions`` = the steps, ``labels`` = one
+    label in [0, 1] per step); they replace ``cfg.data.path`` / ``cfg.data.eval_path`` (see
+    `posttrain.trainers.common.bind_inputs`). A bad row raises `DataError` naming it
+    (``train_data[3]: field 'labels': ...``) before any model loads. The held-out rows are
+    `eval_data` (or ``data.eval_path``) when given, else a ``prm.eval_share`` slice of file or task
+    rows; in-memory training rows are used whole.
+    `rows`: already validated stepwise dicts used instead of the data (split by ``prm.eval_share``).
+    The run folder is ``cfg.train.out``.
+    """
+
+    def __init__(self, cfg: PRMConfig, model=None, tokenizer=None, rows: list[dict] | None = None, *,
+                 train_data=None, eval_data=None):
         from posttrain.models import load_model_and_tokenizer
 
+        cfg, model, train_rows, eval_rows = bind_inputs(cfg, model, train_data, eval_data)
         self.cfg = cfg
         self.resume_from = prepare_run(cfg, "prm", (cfg.model.name, cfg.prm.policy, cfg.prm.solution_policy))
         seed_everything(cfg.train.seed)
-        rows = rows if rows is not None else load_prm_rows(cfg, cfg.train.seed)
+        # the data first: a bad row is reported before any model is loaded
+        in_memory = train_rows is not None  # train_data rows are used whole (`bind_inputs`)
+        if rows is None:
+            rows = (_stepwise_rows(train_rows, cfg, cfg.data.train_rows, "train_data") if train_rows is not None
+                    else load_prm_rows(cfg, cfg.train.seed))
+        held_out = None  # explicit held-out rows (else a slice of file / task rows, below)
+        if eval_rows is not None:
+            held_out = _stepwise_rows(eval_rows, cfg, cfg.data.eval_rows, "eval_data")
+        elif cfg.data.eval_path:
+            if cfg.data.eval_path.startswith(IN_MEMORY):
+                raise _missing_rows(cfg.data.eval_path)
+            if cfg.data.eval_path.startswith("task:"):
+                raise ConfigError(f"prm: data.eval_path '{cfg.data.eval_path}': held-out PRM rows come from a stepwise "
+                                  "file (a task's rows are labelled from --data and split by prm.eval_share)")
+            held_out = _stepwise_rows(cfg.data.eval_path, cfg, cfg.data.eval_rows)
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, seed=cfg.train.seed)
         self.tokenizer = tokenizer
@@ -188,19 +235,15 @@ class PRMTrainer:
         if cfg.prm.freeze_backbone:
             self.prm.lm.requires_grad_(False)
         self.rows = rows
-        enc = [encode_steps(tokenizer, r["prompt"], r["completions"], cfg.prm.step_sep, True, cfg.data.max_length) for r in rows]
-        labels = [[float(x > 0) if cfg.prm.labels == "hard" else x for x in r["labels"]] for r in rows]
-        kept = [i for i, e in enumerate(enc) if e.step_positions]
-        cut = sum(len(enc[i].step_positions) < len(rows[i]["completions"]) for i in kept)
-        if len(kept) < len(enc) or cut:
-            warn(f"{len(enc) - len(kept)} rows dropped (prompt alone exceeds data.max_length={cfg.data.max_length}), "
-                 f"{cut} cut short")
         if cfg.prm.labels not in ("soft", "hard"):
             raise ConfigError(f"prm.labels must be 'soft' or 'hard', got {cfg.prm.labels!r}")
-        n_eval = int(len(kept) * cfg.prm.eval_share) if len(kept) > 10 else 0
-        perm = torch.randperm(len(kept), generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
-        self.eval_set = [(enc[kept[j]], labels[kept[j]]) for j in perm[:n_eval]]
-        self.train_set = [(enc[kept[j]], labels[kept[j]]) for j in perm[n_eval:]]
+        enc, labels = self._encode(rows, "")
+        n_eval = int(len(enc) * cfg.prm.eval_share) if len(enc) > 10 and held_out is None and not in_memory else 0
+        perm = torch.randperm(len(enc), generator=torch.Generator().manual_seed(cfg.train.seed)).tolist()
+        self.eval_set = [(enc[j], labels[j]) for j in perm[:n_eval]]
+        self.train_set = [(enc[j], labels[j]) for j in perm[n_eval:]]
+        if held_out is not None:
+            self.eval_set = list(zip(*self._encode(held_out, "held-out ")))
         if not self.train_set:
             raise DataError(f"{cfg.data.path}: no usable PRM training rows")
         self.opt, self.sched = build_optimizer(self.prm, cfg.optim, cfg.train.max_steps)
@@ -211,10 +254,26 @@ class PRMTrainer:
             self._resume()
         self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
 
+    def _encode(self, rows: list[dict], what: str) -> tuple[list, list]:
+        """(encoded rows, their labels) of the rows with at least one step within data.max_length."""
+        cfg = self.cfg
+        enc = [encode_steps(self.tokenizer, r["prompt"], r["completions"], cfg.prm.step_sep, True, cfg.data.max_length)
+               for r in rows]
+        labels = [[float(x > 0) if cfg.prm.labels == "hard" else x for x in r["labels"]] for r in rows]
+        kept = [i for i, e in enumerate(enc) if e.step_positions]
+        cut = sum(len(enc[i].step_positions) < len(rows[i]["completions"]) for i in kept)
+        if len(kept) < len(enc) or cut:
+            warn(f"{len(enc) - len(kept)} {what}rows dropped (prompt alone exceeds data.max_length={cfg.data.max_length}), "
+                 f"{cut} cut short")
+        return [enc[i] for i in kept], [labels[i] for i in kept]
+
     def _batch(self, items):
         return collate_steps([e for e, _ in items], self.tokenizer.pad_token_id or 0, [lab for _, lab in items])
 
     def train_step(self) -> dict:
+        """One optimizer step on ``prm.sequences_per_step`` rows (in micro-batches of
+        ``prm.sequences_per_microbatch``, normalized by the step's total step count); returns
+        ``loss``, ``step_accuracy``, ``grad_norm``, ``lr`` and ``sequences``."""
         c = self.cfg.prm
         items = [self.train_set[i] for i in self.order.take(c.sequences_per_step)]
         n_steps = sum(len(e.step_positions) for e, _ in items)
@@ -240,6 +299,8 @@ class PRMTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
+        """Per-step BCE and accuracy on the held-out rows (``eval/loss``, ``eval/step_accuracy``), plus
+        ``processbench/*`` when ``prm.processbench`` is set; {} with neither."""
         out: dict = {}
         if self.eval_set:
             self.prm.eval()
@@ -259,9 +320,13 @@ class PRMTrainer:
         return out
 
     def scorer(self, batch_size: int = 16) -> PRMScorer:
+        """A `PRMScorer` of the model being trained (``score_steps(prompt, steps)`` -> a probability of
+        correctness per step), as best-of-N / beam search and ``--rl.prm_model`` use it."""
         return PRMScorer(self.prm, self.tokenizer, batch_size=batch_size, max_length=self.cfg.data.max_length)
 
     def save(self) -> Path:
+        """Write a checkpoint of the current step (backbone, head, tokenizer, optimizer, schedule and
+        data order) to the run folder; returns its folder."""
         state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
         return save_checkpoint(self.run_dir, self.step, self.prm, self.tokenizer, state, self.cfg.train.keep_checkpoints)
 
@@ -281,6 +346,9 @@ class PRMTrainer:
         console.print(f"resumed from {ck} at step {self.step}")
 
     def train(self) -> dict:
+        """`train_step()` until ``train.max_steps`` with evaluation, logging and checkpoints on the
+        ``train.*`` cadences (`posttrain.trainers.common.training_loop`), then a final checkpoint.
+        Returns the last metrics and ``checkpoint`` (its folder)."""
         c = self.cfg
         console.print(f"prm config: {json.dumps(dataclasses.asdict(c), default=str)}")
         pos = sum(sum(lab) for _, lab in self.train_set) / max(1, sum(len(lab) for _, lab in self.train_set))

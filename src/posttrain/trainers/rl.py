@@ -64,8 +64,8 @@ from posttrain.models import load_model_and_tokenizer
 from posttrain.rewards import make_overlong_penalty
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.common import (
-    apply_lora, build_optimizer, default_verifier, exact_match_eval, load_split, saved_on_interrupt,
-    seed_everything,
+    apply_lora, bind_inputs, build_optimizer, default_verifier, exact_match_eval, load_split, read_split,
+    saved_on_interrupt, seed_everything,
 )
 from posttrain.trainers.curriculum import admit, make_sampler
 from posttrain.trainers.rl_batch import (
@@ -77,8 +77,27 @@ from posttrain.trainers.rl_update import UpdateSpec, health_warnings, merge_stat
 
 
 class RLTrainer:
-    def __init__(self, cfg: RLConfig, model=None, tokenizer=None, reward_fns=None):
-        """reward_fns: optional [(fn, weight)] replacing rl.reward (custom rewards from Python)."""
+    """Online RL on prompts (see the module docstring): ``--algo`` grpo, dr_grpo, dapo, rloo,
+    reinforce_pp, remax, ppo or online_dpo, one `step()` per rollout batch.
+
+    `cfg` holds every option (`RLConfig`; the CLI builds the same object from YAML and flags).
+    `model`: a name or folder (``"tiny-llama:d=32,l=2,h=2"``, ``"runs/sft"``, a Hugging Face folder),
+    or a causal LM module given with its `tokenizer`; None loads ``cfg.model.name``. It is trained in
+    place.
+    `reward_fns`: ``[(fn, weight), ...]`` replacing ``rl.reward``; each `fn` is called by keyword as
+    TRL calls its reward functions (``prompts=``, ``completions=``, ``completion_ids=``, ``answer=``
+    and the other dataset columns; see `posttrain.rewards.base`), with TRL's message lists for
+    conversational prompts of your data (text for built-in ``task:NAME`` prompts).
+    `train_data` / `eval_data`: a path (or ``task:NAME``), a list of dicts or a ``datasets.Dataset`` of
+    prompt rows (``prompt`` as text or a message list, and usually an ``answer``); they replace
+    ``cfg.data.path`` / ``cfg.data.eval_path`` (see `posttrain.trainers.common.bind_inputs`). A bad row
+    raises `DataError` naming it (``train_data[3]: field 'prompt': ...``) before any model loads.
+    Held-out rows with an ``answer`` are scored by greedy exact match. The run folder is
+    ``cfg.train.out``.
+    """
+
+    def __init__(self, cfg: RLConfig, model=None, tokenizer=None, reward_fns=None, *, train_data=None, eval_data=None):
+        cfg, model, self._train_src, eval_src = bind_inputs(cfg, model, train_data, eval_data)
         self.cfg, c = cfg, cfg.rl
         self.alg = algorithm_of(cfg.algo, c)
         self.kind = self.alg.update  # what the update needs from the step (rl_update.UpdateKind)
@@ -95,7 +114,7 @@ class RLTrainer:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
         self.model, self.tokenizer = apply_lora(model, cfg.model), tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._load_data(reward_fns)
+        self._load_data(reward_fns, eval_src)
         self.ref = self._frozen_copy(self.model) if self.alg.needs_reference else None
         self.critic = ValueModel(self.model) if self.alg.value_model else None
         total_updates = cfg.train.max_steps * c.minibatches_per_rollout * c.epochs_per_rollout
@@ -125,7 +144,7 @@ class RLTrainer:
         self._prompt_log.flush()
 
     # ------------------------------------------------------------------ set-up
-    def _load_data(self, reward_fns) -> None:
+    def _load_data(self, reward_fns, eval_src=None) -> None:
         cfg, c = self.cfg, self.cfg.rl
         rows, self.task, self.load_counts = self._raw_rows
         max_prompt = cfg.data.max_length - c.max_new_tokens
@@ -146,7 +165,7 @@ class RLTrainer:
         self.reward_fns = list(reward_fns) if reward_fns else build_reward_fns(c.reward, c.reward_weights, self.task)
         if self.alg.overlong_buffer > 0:
             self.reward_fns.append((make_overlong_penalty(c.max_new_tokens, self.alg.overlong_buffer), self.alg.overlong_penalty))
-        self.eval_rows = load_split(cfg.data, "eval")[0] if cfg.data.eval_rows > 0 else []
+        self.eval_rows = load_split(cfg.data, "eval", source=eval_src)[0] if cfg.data.eval_rows > 0 else []
         self.verify = default_verifier(self.task)
         self.sampler = make_sampler(c.sampler, len(self.rows), cfg.train.seed, c.curriculum_ema, c.curriculum_prior,
                                     c.curriculum_floor)
@@ -155,16 +174,12 @@ class RLTrainer:
 
     def _read_rows(self):
         """(examples, task, counts of rows skipped at load by reason) for the rl split."""
-        d = self.cfg.data
-        if d.path.startswith("task:"):
-            rows, task = load_split(d, "rl")
+        rows, task, report = read_split(self.cfg.data, "rl", source=self._train_src)
+        if report is None:  # task data
             return rows, task, Counter()
-        from posttrain.data import load_examples
-
-        rows, report = load_examples(d.path, kind=d.kind or None, columns=d.columns, on_error=d.on_error, limit=d.train_rows)
         console.print(f"rl data: {report.summary()}")
         counts = Counter({("empty_prompt" if "empty" in reason else f"bad_row: {reason}"): k for reason, k in report.skipped.items()})
-        return rows, None, counts
+        return rows, task, counts
 
     @staticmethod
     def _frozen_copy(model):
@@ -190,6 +205,8 @@ class RLTrainer:
         raise ConfigError(f"rl.engine must be 'hf' or 'vllm', got '{c.engine}'")
 
     def describe(self) -> dict:
+        """The run's derived sizes: the algorithm's resolved axes, prompts, sequences per step and
+        mini-batch, optimizer steps per rollout, parameters, rewards, reference / value model, PRM."""
         c = self.cfg.rl
         n = c.prompts_per_step * c.samples_per_prompt
         return {
@@ -207,7 +224,11 @@ class RLTrainer:
 
     # ------------------------------------------------------------------ the step
     def step(self) -> dict:
-        """One rollout batch: rollout -> score -> reference -> advantages -> update -> sync."""
+        """One rollout batch: rollout -> score -> reference -> advantages -> update -> sync.
+
+        Returns the step's metrics (``reward_mean``, ``kl``, ``entropy``, ``loss``, ``lr``, reward
+        failure counts, timings, ...); a step whose admission gates kept no group updates nothing and
+        returns the rollout's metrics only. Counts as one of ``train.max_steps``."""
         m: dict = {}
         t0 = time.perf_counter()
         batch = self.collect(m)  # rollout + score (+ dynamic sampling refills)
@@ -237,7 +258,9 @@ class RLTrainer:
         return idx, outs
 
     def collect(self, m: dict) -> RolloutBatch | None:
-        """Rollout and score groups; with dynamic sampling keep only groups with reward spread."""
+        """Rollout and score groups; with dynamic sampling keep only groups with reward spread.
+
+        Adds the rollout's metrics to `m`; returns the batch, or None when no group was kept."""
         c, alg = self.cfg.rl, self.alg
         kept: list[tuple[int, list, torch.Tensor, object]] = []  # (row index, completions, rewards, reward output)
         stats = Counter()
@@ -249,7 +272,7 @@ class RLTrainer:
             idx, outs = self._sample(need, round_)
             flat = [comp for group in outs for comp in group]
             rows = [self.rows[i] for i in idx for _ in range(c.samples_per_prompt)]
-            out = score(self.reward_fns, rows, flat, c.reward_timeout_s)
+            out = score(self.reward_fns, rows, flat, c.reward_timeout_s, trl_shapes=self.task is None)
             self._count_reward_failures(out, stats)
             stats["sampled_groups"] += len(idx)
             groups = [out.total[g * c.samples_per_prompt : (g + 1) * c.samples_per_prompt] for g in range(len(idx))]
@@ -291,7 +314,8 @@ class RLTrainer:
     def _greedy_baseline(self, idx: list[int]) -> torch.Tensor:
         c = self.cfg.rl
         outs = self.engine.generate([self.prompt_ids[i] for i in idx], SamplingParams(n=1, temperature=0.0, max_new_tokens=c.max_new_tokens, stop=tuple(c.stop)))
-        return score(self.reward_fns, [self.rows[i] for i in idx], [o[0] for o in outs], c.reward_timeout_s).total
+        return score(self.reward_fns, [self.rows[i] for i in idx], [o[0] for o in outs], c.reward_timeout_s,
+                     trl_shapes=self.task is None).total
 
     def score_steps(self, batch: RolloutBatch, m: dict) -> None:
         """PRM step scores into the batch; a failure costs this batch its dense reward, not the run."""
@@ -328,6 +352,9 @@ class RLTrainer:
             m.update(step_advantages(self.alg, batch, self.cfg.rl.prm_coef, self.cfg.rl.prm_baseline))
 
     def update(self, batch: RolloutBatch) -> dict:
+        """``rl.epochs_per_rollout`` passes over `batch` in ``rl.minibatches_per_rollout`` optimizer
+        steps (shuffled; whole groups in order when the loss needs them, e.g. online DPO); returns
+        the merged update metrics (loss, kl, entropy, clip fractions, grad_norm, lr, ...)."""
         c, stats = self.cfg.rl, []
         n = len(batch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed + self.step_num)).tolist()
@@ -389,6 +416,7 @@ class RLTrainer:
             warn(f"step {self.step_num + 1}: {msg}" + (f" (seen {n} times)" if n > 1 else ""))
 
     def evaluate(self) -> dict:
+        """Greedy exact-match accuracy on the held-out prompts (``eval/accuracy``, ...); {} without them."""
         if not self.eval_rows:
             return {}
         n = self.cfg.rl.eval_max_new_tokens or self.cfg.rl.max_new_tokens
@@ -398,6 +426,11 @@ class RLTrainer:
 
     # ------------------------------------------------------------------ loop and checkpoints
     def train(self) -> dict:
+        """`step()` until ``train.max_steps``: held-out eval before, every ``train.eval_every`` steps and
+        after; metrics logged every ``train.log_every`` steps; checkpoints every ``train.save_every``
+        and at the end (Ctrl-C saves the last finished step). Returns the last step's metrics, the
+        ``before/eval/*`` and final ``eval/*`` values, ``checkpoint`` (its folder) and ``bad_cases``
+        (reward failures and skipped rows, counted by kind)."""
         c = self.cfg
         console.print(f"rl config: {json.dumps(dataclasses.asdict(c), default=str)}")
         console.print(f"rl sizes: {json.dumps(self.describe(), default=str)}")
@@ -407,7 +440,8 @@ class RLTrainer:
             self.logger.log(before, self.step_num)
         last: dict = {}
         with saved_on_interrupt(self, "rl", "step_num"), \
-                ProgressBar(c.train.max_steps, f"rl/{c.algo}", c.train.progress, start=self.step_num) as bar:
+                ProgressBar(c.train.max_steps, f"rl/{c.algo}", c.train.progress, start=self.step_num,
+                            every=c.train.log_every, every_s=c.train.progress_every_s) as bar:
             while self.step_num < c.train.max_steps:
                 m = self.step()
                 for msg in health_warnings(m, self.alg, c.rl.min_entropy, c.rl.max_kl):
@@ -419,7 +453,7 @@ class RLTrainer:
                     self.logger.log(m, self.step_num)
                 if c.train.save_every and self.step_num % c.train.save_every == 0:
                     self.save()
-                bar.update(self.step_num, reward=m.get("reward_mean", float("nan")), kl=m.get("kl", 0.0))
+                bar.update(self.step_num, metrics=m, reward=m.get("reward_mean", float("nan")), kl=m.get("kl", 0.0))
                 last = m
         final = self.evaluate()
         if final:
@@ -434,6 +468,8 @@ class RLTrainer:
                 "bad_cases": {**dict(self.counts), **dict(self.load_counts)}}
 
     def save(self) -> Path:
+        """Write a checkpoint of the current step to the run folder (model or LoRA adapter, tokenizer,
+        optimizer, schedule, prompt sampler and critic states); returns its folder."""
         state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.sampler.state()}
         if self.critic is not None:
             state.update(critic=self.critic.state_dict(), critic_optimizer=self.critic_opt.state_dict())

@@ -85,9 +85,23 @@ def reward_columns(rows: list[Example], completions: list[Completion]) -> dict[s
     return cols
 
 
-def score(reward_fns, rows: list[Example], completions: list[Completion], timeout_s: float) -> RewardOutput:
-    prompts = [prompt_text(ex) for ex in rows]
-    return combine_rewards(reward_fns, prompts, [c.text for c in completions], reward_columns(rows, completions), timeout_s=timeout_s)
+def score(reward_fns, rows: list[Example], completions: list[Completion], timeout_s: float,
+          trl_shapes: bool = True) -> RewardOutput:
+    """Every reward function on the completions of `rows` (`rewards.base.combine_rewards`).
+
+    Built-in rewards read text. With `trl_shapes` the user's functions get TRL's shapes: for a row
+    whose prompt is a message list, ``prompts[i]`` is that list as given and ``completions[i]`` is
+    ``[{"role": "assistant", "content": text}]``; plain-text rows stay text. The trainer turns it off
+    for built-in tasks (``task:NAME``), whose prompts are message lists only to get the chat
+    template: the user gave no messages, and their functions read text."""
+    prompts, texts = [prompt_text(ex) for ex in rows], [c.text for c in completions]
+    trl_prompts = trl_completions = None
+    if trl_shapes and any(isinstance(ex.prompt, list) for ex in rows):
+        chat = [isinstance(ex.prompt, list) for ex in rows]
+        trl_prompts = [ex.prompt if is_chat else p for ex, p, is_chat in zip(rows, prompts, chat)]
+        trl_completions = [[{"role": "assistant", "content": t}] if is_chat else t for t, is_chat in zip(texts, chat)]
+    return combine_rewards(reward_fns, prompts, texts, reward_columns(rows, completions), timeout_s=timeout_s,
+                           trl_prompts=trl_prompts, trl_completions=trl_completions)
 
 
 def load_prm_scorer(path: str, step_sep: str, batch_size: int, max_length: int):
