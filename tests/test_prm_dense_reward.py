@@ -210,7 +210,7 @@ class ScratchpadEngine:
 
         return [[comp(self.TEXTS[j % 4]) for j in range(params.n)] for _ in prompts]
 
-    def update_weights(self, model):
+    def update_weights(self, named_weights, version):
         pass
 
 

@@ -30,7 +30,7 @@ class ToyPolicy:
                         for j in range(params.n)])
         return out
 
-    def update_weights(self, model):
+    def update_weights(self, named_weights, version):
         pass
 
 

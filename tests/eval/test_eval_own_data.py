@@ -31,7 +31,7 @@ class FixedEngine:
         t = self.text
         return [[Completion(list(range(3)), [0.0] * 3, "stop", t) for _ in range(params.n)] for _ in prompts]
 
-    def update_weights(self, model):
+    def update_weights(self, named_weights, version):
         pass
 
 

@@ -33,7 +33,7 @@ class ScriptedEngine:
             out.append([Completion(self.tok.encode(t), [0.0] * len(t), "stop", t) for t in texts])
         return out
 
-    def update_weights(self, model):
+    def update_weights(self, named_weights, version):
         pass
 
 

@@ -14,7 +14,7 @@ import torch
 
 from posttrain.data import encode_prompt
 from posttrain.models import load_model_and_tokenizer
-from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.rollout import HFEngine, PolicyWeights, SamplingParams
 
 MODEL = "tiny-llama:d=64,l=2,h=2"
 
@@ -77,7 +77,7 @@ def _assert_same(hf, vl):
 @pytest.mark.vllm
 def test_hf_and_vllm_engines_give_the_same_greedy_tokens_before_and_after_a_weight_update(vllm_engine):
     model, tok = _model()  # the weights the engine was built from; synced in case another test changed them
-    vllm_engine.update_weights(model)  # (a fresh engine from a folder: the LoRA test and the RL test)
+    vllm_engine.update_weights(PolicyWeights(model), 1)  # (a fresh engine from a folder: the LoRA test and the RL test)
     prompts = _prompts(tok)
     hf_engine = HFEngine(model, tok)
     before = _greedy(hf_engine, prompts)
@@ -95,7 +95,7 @@ def test_hf_and_vllm_engines_give_the_same_greedy_tokens_before_and_after_a_weig
     assert [c.token_ids for c in after] != [c.token_ids for c in before]  # the update changed greedy output
     stale = _greedy(vllm_engine, prompts)
     assert [c.token_ids for c in stale] == [c.token_ids for c in before]  # not synced yet: the old policy
-    vllm_engine.update_weights(model)
+    vllm_engine.update_weights(PolicyWeights(model), 1)
     _assert_same(after, _greedy(vllm_engine, prompts))
 
 
@@ -112,7 +112,7 @@ def test_changing_torch_threads_after_the_build_does_not_break_weight_sync(vllm_
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.5)
-        vllm_engine.update_weights(model)
+        vllm_engine.update_weights(PolicyWeights(model), 1)
         _assert_same(_greedy(HFEngine(model, tok), prompts), _greedy(vllm_engine, prompts))
     finally:
         torch.set_num_threads(n)
@@ -121,7 +121,7 @@ def test_changing_torch_threads_after_the_build_does_not_break_weight_sync(vllm_
 @pytest.mark.vllm
 def test_vllm_sampling_logprobs_equal_a_recomputed_forward_pass(vllm_engine):
     model, tok = _model()
-    vllm_engine.update_weights(model)
+    vllm_engine.update_weights(PolicyWeights(model), 1)
     prompts = _prompts(tok)
     for temperature in (1.0, 0.7):
         params = SamplingParams(n=4, temperature=temperature, max_new_tokens=16, seed=5)
@@ -142,7 +142,7 @@ def test_vllm_sampling_logprobs_equal_a_recomputed_forward_pass(vllm_engine):
 @pytest.mark.vllm
 def test_vllm_stop_strings_and_eos_follow_the_protocol(vllm_engine):
     model, tok = _model()
-    vllm_engine.update_weights(model)
+    vllm_engine.update_weights(PolicyWeights(model), 1)
     prompts = _prompts(tok)
     hf_engine = HFEngine(model, tok)
     stop = (_greedy(hf_engine, prompts[:1])[0].text[:2],)  # a stop string greedy decoding will hit
@@ -170,7 +170,7 @@ def test_lora_policy_is_merged_for_the_engine_folder_and_for_weight_sync(vllm_en
     prompts = _prompts(tok)
     hf = _greedy(HFEngine(model, tok), prompts)
     assert [c.token_ids for c in hf] != [c.token_ids for c in _greedy(vllm_engine, prompts)]  # the adapter matters
-    vllm_engine.update_weights(model)
+    vllm_engine.update_weights(PolicyWeights(model), 1)
     _assert_same(hf, _greedy(vllm_engine, prompts))
     folder = save_for_vllm(model, tok, tmp_path / "merged")  # the RL trainer builds its engine from this
     assert not (folder / "adapter_config.json").exists()

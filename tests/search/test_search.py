@@ -70,7 +70,7 @@ class ScriptedEngine:
         self.tokens_generated += len(text)
         return Completion(self.tok.encode(text), [0.0] * len(text), finish, text, stop)
 
-    def update_weights(self, model):
+    def update_weights(self, named_weights, version):
         pass
 
 

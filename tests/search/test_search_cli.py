@@ -29,7 +29,7 @@ class AdditionEngine:
             out.append([Completion(self.tok.encode(t, add_special_tokens=False), [0.0] * len(t), "stop", t) for t in texts])
         return out
 
-    def update_weights(self, model):
+    def update_weights(self, named_weights, version):
         pass
 
 

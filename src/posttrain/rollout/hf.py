@@ -39,16 +39,33 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class HFEngine:
-    """RolloutEngine over the live policy module (weights are shared, so it is always on-policy)."""
+    """RolloutEngine over a Hugging Face module. Colocated with the trainer it holds the live policy
+    module, so `update_weights` with that module's `PolicyWeights` only records the version (no copy);
+    any other weights are loaded into its module by name (strict: a missing or unknown name is an error)."""
 
     def __init__(self, model, tokenizer, sequences_per_batch: int = 64, lean: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.sequences_per_batch = sequences_per_batch
         self.lean = lean
+        self.version = 0
 
-    def update_weights(self, model) -> None:
-        self.model = model
+    def update_weights(self, named_weights, version: int) -> None:
+        if getattr(named_weights, "source", None) is not self.model:
+            from posttrain.rollout.vllm import _plain_model
+
+            target = _plain_model(self.model)
+            if target is not self.model:
+                raise ValueError("HFEngine over a LoRA module takes only that module's own PolicyWeights")
+            state = dict(named_weights)
+            missing = set(target.state_dict()) - set(state)
+            unknown = set(state) - set(target.state_dict())
+            if missing or unknown:
+                raise ValueError(f"update_weights: missing {sorted(missing)[:5]}, unknown {sorted(unknown)[:5]}")
+            with torch.no_grad():
+                for k, v in target.state_dict().items():
+                    v.copy_(state[k])
+        self.version = int(version)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
@@ -130,6 +147,7 @@ class HFEngine:
             Completion(
                 token_ids=token_lists[b][: int(lengths[b])], logprobs=lp_lists[b][: int(lengths[b])],
                 finish_reason="stop" if done_list[b] else "length", text=texts[b], stop_reason=stop_hit[b],
+                token_mask=[1] * int(lengths[b]), policy_version=self.version,
             )
             for b in range(B)
         ]

@@ -3,7 +3,7 @@ PagedAttention"), behind the same `RolloutEngine` protocol as `HFEngine`.
 
 The engine runs in-process ("colocate", as TRL's `vllm_mode="colocate"`): prompts go in as token ids
 (`{"prompt_token_ids": ...}`, never re-tokenized), completions come back as token ids with the
-sampling logprob of each token. `update_weights(model)` hands the policy's current parameters to
+sampling logprob of each token. `update_weights(PolicyWeights(model), version)` hands the policy's current parameters to
 vLLM's in-place reload (`collective_rpc("reload_weights", ...)`: the checkpoint-format loader plus
 the post-load processing a fresh load gets) and clears the prefix cache, so the next rollout is
 on-policy.
@@ -123,6 +123,7 @@ class VLLMEngine:
                 kv_cache_memory_bytes=kv_cache_memory_bytes, logprobs_mode="processed_logprobs", **llm_kwargs,
             )
         self.tokenizer = self.llm.get_tokenizer()
+        self.version = 0
 
     def _sampling_params(self, params: SamplingParams, seed: int | None):
         return self._vllm.SamplingParams(
@@ -142,17 +143,19 @@ class VLLMEngine:
         outputs = self.llm.generate(inputs, sampling_params=sampling, use_tqdm=False)
         return [[self._completion(o) for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]
 
-    @staticmethod
-    def _completion(o) -> Completion:
+    def _completion(self, o) -> Completion:
         ids = list(o.token_ids)
         lps = [float(step[tok].logprob) for tok, step in zip(ids, o.logprobs or [])]
         if len(lps) != len(ids):
             raise RuntimeError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
         reason = "length" if o.finish_reason == "length" else "stop"
         stop = o.stop_reason if isinstance(o.stop_reason, str) else None
-        return Completion(token_ids=ids, logprobs=lps, finish_reason=reason, text=o.text, stop_reason=stop)
+        return Completion(token_ids=ids, logprobs=lps, finish_reason=reason, text=o.text, stop_reason=stop,
+                          token_mask=[1] * len(ids), policy_version=self.version)
 
-    def update_weights(self, model) -> None:
-        weights = list(_policy_state(model).items())
+    def update_weights(self, named_weights, version: int) -> None:
+        """Load (name, tensor) pairs (`rollout.base.PolicyWeights`: HF names, LoRA merged) as `version`."""
+        weights = list(named_weights)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
+        self.version = int(version)

@@ -62,7 +62,7 @@ from posttrain.data import encode_prompt
 from posttrain.logging import MetricsLogger, ProgressBar, console, warn
 from posttrain.models import load_model_and_tokenizer
 from posttrain.rewards import make_overlong_penalty
-from posttrain.rollout import HFEngine, SamplingParams
+from posttrain.rollout import HFEngine, PolicyWeights, SamplingParams
 from posttrain.trainers.common import (
     apply_lora, bind_inputs, build_optimizer, default_verifier, exact_match_eval, load_split, read_split,
     saved_on_interrupt, seed_everything,
@@ -200,7 +200,7 @@ class RLTrainer:
             import_vllm()
             folder = save_for_vllm(self.model, self.tokenizer, Path(self.cfg.train.out) / "vllm-init")
             engine = VLLMEngine(str(folder), seed=self.cfg.train.seed)
-            engine.update_weights(self.model)
+            engine.update_weights(PolicyWeights(self.model), 0)
             return engine
         raise ConfigError(f"rl.engine must be 'hf' or 'vllm', got '{c.engine}'")
 
@@ -242,7 +242,7 @@ class RLTrainer:
         self.advantages(batch, m)  # (KL-shaped) rewards -> advantages
         t1 = time.perf_counter()
         m.update(self.update(batch))  # epochs x minibatches optimizer steps
-        self.engine.update_weights(self.model)  # sync weights (on-policy rollouts)
+        self.engine.update_weights(PolicyWeights(self.model), self.step_num + 1)  # sync weights (on-policy rollouts)
         m["time/update_s"] = time.perf_counter() - t1
         self.step_num += 1
         m["completions_per_s"] = len(batch) / (time.perf_counter() - t0)
@@ -484,7 +484,7 @@ class RLTrainer:
             self.critic_opt.load_state_dict(st["critic_optimizer"])
         self.sampler.load_state(st["data"])
         self.step_num = st["step"]
-        self.engine.update_weights(self.model)
+        self.engine.update_weights(PolicyWeights(self.model), self.step_num)
 
 
 HELP = "online RL with verifiable rewards (--algo grpo|dr_grpo|dapo|rloo|reinforce_pp|remax|ppo|online_dpo)"
