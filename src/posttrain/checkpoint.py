@@ -15,29 +15,26 @@ Saving the step that is already the latest checkpoint is skipped unless ``resave
 whose `max_steps` is a multiple of `save_every` used to write its last step twice).
 `load_weights_into` puts a checkpoint's weights (full or LoRA adapter) back into a live module; it
 lives here, below the trainers (`trainers.weights` re-exports it).
+
+Data-parallel runs (`posttrain.runtime`): rank 0 alone writes the folder (the trainer gathers what
+it needs first: an FSDP2 model's full state dict as ``model_state``, the optimizer state, and every
+rank's RNG state as ``rng_per_rank``); every rank reads it on resume. `restore_checkpoint` can be
+split in two for a trainer that must load weights before wrapping its model and the optimizer after
+(`load_checkpoint_weights`, then `restore_checkpoint(..., weights=False, ...)`). The RNG states
+include CUDA's when CUDA is initialised (`posttrain.runtime.device.rng_state`).
 """
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from posttrain.runtime.device import rng_state, set_rng_state  # noqa: F401  (re-exported)
+
 _STEP = re.compile(r"step-(\d{7})$")
-
-
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
 
 
 def fsync_dir(path: Path) -> None:
@@ -107,8 +104,11 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(steps)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2, resave: bool = False) -> Path:
-    """Write checkpoint `step` atomically; `state` is any torch-serialisable dict (optimizer, ...)."""
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2, resave: bool = False,
+                    model_state: dict | None = None) -> Path:
+    """Write checkpoint `step` atomically; `state` is any torch-serialisable dict (optimizer, ...).
+    `model_state`: the full state dict to save in `model`'s place (an FSDP2 model's, gathered by
+    `posttrain.runtime.parallel.full_model_state`; plain models only, not LoRA)."""
     ckdir = Path(run_dir) / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     final = ckdir / f"step-{step:07d}"
@@ -119,7 +119,10 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     tmp = ckdir / f".tmp-step-{step:07d}-{os.getpid()}"
     from posttrain.models.lora import save_model  # lazy: keeps `import posttrain.checkpoint` light
 
-    save_model(model, tmp, run_dir)
+    if model_state is not None:
+        model.save_pretrained(tmp, state_dict=model_state)
+    else:
+        save_model(model, tmp, run_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / "trainer_state.pt")
@@ -195,23 +198,53 @@ def set_peak_lr(optimizer, scheduler, lr: float) -> None:
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
-def restore_checkpoint(run_dir: Path, model, optimizer, scheduler, lr: float | None = None) -> dict | None:
-    """Load the latest checkpoint of `run_dir` into the live model, optimizer and scheduler, and set
-    the RNG states. `lr` (the run's configured peak lr) replaces the checkpoint's, so a changed lr
-    that `prepare_run` applied takes effect at once. Returns the saved state (``step``, ``data`` and any trainer extras). No checkpoint
-    is a `UserError` (`posttrain.runs.prepare_run` has said so before any model was loaded)."""
+def _latest_or_error(run_dir: Path) -> Path:
     from posttrain.errors import UserError
-    from posttrain.logging import console
 
     ck = latest_checkpoint(run_dir)
     if ck is None:
         raise UserError(f"--resume: no checkpoint in {run_dir}")
+    return ck
+
+
+def load_checkpoint_weights(run_dir: Path, model) -> Path:
+    """Load the latest checkpoint's weights into `model` (before it is wrapped or sharded); returns
+    the checkpoint folder."""
+    ck = _latest_or_error(run_dir)
     load_weights_into(model, ck)
+    return ck
+
+
+def restore_checkpoint(run_dir: Path, model, optimizer, scheduler, lr: float | None = None, *, weights: bool = True,
+                       load_optimizer=None, rank: int = 0, world_size: int = 1, verbose: bool = True) -> dict | None:
+    """Load the latest checkpoint of `run_dir` into the live model, optimizer and scheduler, and set
+    the RNG states. `lr` (the run's configured peak lr) replaces the checkpoint's, so a changed lr
+    that `prepare_run` applied takes effect at once. Returns the saved state (``step``, ``data`` and any trainer extras). No checkpoint
+    is a `UserError` (`posttrain.runs.prepare_run` has said so before any model was loaded).
+
+    Data parallel: ``weights=False`` when `load_checkpoint_weights` already ran; `load_optimizer`
+    (``fn(state_dict, format)``) loads a sharded optimizer; `rank` / `world_size` pick this rank's
+    saved RNG state (``rng_per_rank``; rank 0's when the world size changed)."""
+    from posttrain.logging import console, warn
+
+    ck = _latest_or_error(run_dir)
+    if weights:
+        load_weights_into(model, ck)
     state = load_state(ck)
-    optimizer.load_state_dict(state["optimizer"])
+    if load_optimizer is not None:
+        load_optimizer(state["optimizer"], state.get("optimizer_format", "index"))
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if lr is not None:
         set_peak_lr(optimizer, scheduler, lr)
-    set_rng_state(state["rng"])
-    console.print(f"resumed from {ck} at step {state['step']}")
+    per_rank = state.get("rng_per_rank")
+    if per_rank is not None and len(per_rank) == world_size:
+        set_rng_state(per_rank[rank])
+    else:
+        if per_rank is not None and rank == 0:
+            warn(f"--resume: the checkpoint was written by {len(per_rank)} ranks, this run has {world_size}: every rank takes rank 0's RNG state")
+        set_rng_state(state["rng"])
+    if verbose:
+        console.print(f"resumed from {ck} at step {state['step']}")
     return state

@@ -33,7 +33,7 @@ def _print_options(cfg_cls) -> None:
     print("\n".join(describe_options(cfg_cls)))
 
 
-def _run_config_stage(cfg_cls, runner, args: list[str]):
+def _run_config_stage(cfg_cls, runner, args: list[str], name: str = ""):
     if args and args[0] in ("-h", "--help"):
         _print_options(cfg_cls)
         return 0
@@ -47,6 +47,10 @@ def _run_config_stage(cfg_cls, runner, args: list[str]):
         saved = saved_config(cfg_cls, train.out)
         if saved is not None:  # resume from the run's own options; only what is given here changes them
             cfg = load_config(cfg_cls, yaml_path, overrides, base=saved)
+    if name:
+        from posttrain.runtime.support import check_runtime
+
+        check_runtime(cfg, name)
     return runner(cfg)
 
 
@@ -59,7 +63,7 @@ def _demo(args):
         return 0
     from posttrain.demo import run_demo
 
-    return _run_config_stage(DemoConfig, lambda cfg: run_demo(cfg) and 0, args)
+    return _run_config_stage(DemoConfig, lambda cfg: run_demo(cfg) and 0, args, "demo")
 
 
 @stage("doctor", "print versions, optional packages, GPUs and distributed backends")
@@ -115,7 +119,7 @@ def _load_optional_stages() -> None:
                     _print_options(cls)
                     return 0
             m = importlib.import_module(mod)
-            return _run_config_stage(m.CONFIG, lambda cfg: m.run(cfg) is not None and 0, args)
+            return _run_config_stage(m.CONFIG, lambda cfg: m.run(cfg) is not None and 0, args, name)
 
         STAGES[name] = (_stage_help(mod), runner)
 
@@ -154,17 +158,30 @@ def main(argv: list[str] | None = None) -> int:
         close = difflib.get_close_matches(name, list(STAGES), n=1)
         print(f"posttrain: unknown stage '{name}'" + (f"; did you mean '{close[0]}'?" if close else ""), file=sys.stderr)
         return 2
+    where = _rank_label()
     try:
         return STAGES[name][1](rest) or 0
     except KeyboardInterrupt:
-        print(f"posttrain {name}: interrupted", file=sys.stderr)  # a training loop has said what it saved
+        print(f"posttrain {name}{where}: interrupted", file=sys.stderr)  # a training loop has said what it saved
         return 130
     except UserError as e:
         if debug:
             traceback.print_exc()
         kind = "config error: " if isinstance(e, ConfigError) else ""
-        print(f"posttrain {name}: {kind}{e}" + ("" if debug else "  (--debug shows the traceback)"), file=sys.stderr)
+        print(f"posttrain {name}{where}: {kind}{e}" + ("" if debug else "  (--debug shows the traceback)"), file=sys.stderr)
         return 2
+    except Exception as e:
+        if where:  # under torchrun: name the rank before the traceback, so the first failure is findable
+            print(f"posttrain {name}{where}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        raise
+
+
+def _rank_label() -> str:
+    """`` (rank R of N)`` under torchrun (WORLD_SIZE > 1), else empty."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f" (rank {os.environ.get('RANK', '?')} of {world})" if world not in ("", "1") else ""
 
 
 if __name__ == "__main__":

@@ -69,6 +69,17 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a stage runs (`posttrain.runtime.device.init_runtime` reads it). Under
+    ``torchrun`` the rank and world size come from the launcher's environment, not from here."""
+
+    device: str = "auto"  # auto|cpu|cuda|cuda:N; auto: CUDA when present (cuda:LOCAL_RANK under torchrun), else cpu
+    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: bf16 matmuls (autocast) with fp32 master weights, optimizer state and logits
+    parallel: Literal["none", "ddp", "fsdp2"] = "none"  # data parallel across torchrun ranks: none|ddp|fsdp2 (sft and rm so far)
+    timeout_s: float = ranged(300.0, gt=0)  # a collective (all-reduce, barrier) waiting longer than this fails the run, naming the rank
+
+
+@dataclass(frozen=True)
 class SFTOptions:
     sequences_per_step: int = ranged(64, gt=0)  # examples per optimizer step
     sequences_per_microbatch: int = ranged(64, gt=0)  # examples per forward/backward (gradient accumulation)
@@ -85,6 +96,7 @@ class SFTConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/sft"))
     sft: SFTOptions = field(default_factory=SFTOptions)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,7 @@ class PreferenceConfig:
     pref: PreferenceOptions = field(default_factory=PreferenceOptions)
     loss: str = "dpo"  # a loss or a weighted mix such as dpo:0.8,bco_pair:0.2,sft:1; losses: aot|aot_pair|apo_down|apo_zero|bco_pair|dpo|dpop|exo_pair|hinge|ipo|nca_pair|orpo|robust|rpo|sft|simpo|sppo_hard; unpaired: apo_zero_unpaired|bco|kto
     beta: float = ranged(0.1, ge=0)  # strength of the reference constraint (DPO's beta)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,7 @@ class RewardConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/rm"))
     rm: RewardOptions = field(default_factory=RewardOptions)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 @dataclass(frozen=True)
@@ -167,6 +181,7 @@ class PRMConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/prm"))
     prm: PRMOptions = field(default_factory=PRMOptions)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 @dataclass(frozen=True)
@@ -232,6 +247,7 @@ class RLConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, schedule="constant"))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/rl", max_steps=50))
     rl: RLOptions = field(default_factory=RLOptions)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 @dataclass(frozen=True)
@@ -268,6 +284,7 @@ class DemoConfig:
     scaling_beam_max_steps: int = 8  # a solution is 4 lines
     overwrite: bool = False  # replace a demo run already in --out (its stage folders, report and summary)
     progress: bool = True  # show progress bars on a terminal
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 @dataclass(frozen=True)
@@ -314,6 +331,7 @@ class EvalConfig:
     data: EvalData = field(default_factory=EvalData)
     sampling: EvalSampling = field(default_factory=EvalSampling)
     train: EvalRun = field(default_factory=EvalRun)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 
@@ -342,6 +360,7 @@ class SearchConfig:
     data: EvalData = field(default_factory=lambda: EvalData(limit=50))
     search: SearchOptions = field(default_factory=SearchOptions)
     train: EvalRun = field(default_factory=lambda: EvalRun(out="runs/search"))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 from posttrain.datatools.config import DataToolsConfig  # noqa: E402,F401  (the `data` stage, for --help)

@@ -8,7 +8,9 @@
   compares the config with the run's saved ``config.yaml``: options that differ are refused, or with
   ``--train.resume_changes apply`` applied and listed. Options that only steer the run's length or
   reporting (``max_steps``, ``eval_every``, ``save_every``, ``progress``, ...) may change freely and are
-  listed when they do;
+  listed when they do, and so may the runtime placement (``runtime.device``, ``runtime.parallel``,
+  ``runtime.timeout_s``: the same global batch gives the same update on any of them); a stage not yet
+  on the runtime seam refuses non-default ``runtime.*`` options here (`posttrain.runtime.support`);
 - ``metrics.jsonl`` is rewound to the checkpoint's step (lines logged after the last save would be
   logged again) and a torn last line is dropped, so a resumed run's metrics equal a straight run's;
 - the resolved config is written to ``config.yaml`` (atomically); the CLI reads it back on
@@ -29,7 +31,10 @@ RUN_FILES = ("metrics.jsonl", "prompt_rewards.jsonl", CONFIG_FILE, "reference_lo
 # may differ on --resume without being a change of the experiment
 FREE_ON_RESUME = ("train.resume", "train.overwrite", "train.resume_changes", "train.max_steps", "train.eval_every",
                   "train.save_every", "train.keep_checkpoints", "train.log_every", "train.loggers", "train.progress",
-                  "train.progress_every_s")
+                  "train.progress_every_s",
+                  # where a run computes, not what it computes: a run saved on 2 ddp ranks resumes on 1 CPU process
+                  # (the global batch and its normalizers are the same); runtime.dtype is a real change (numerics)
+                  "runtime.device", "runtime.parallel", "runtime.timeout_s")
 
 
 def holds_run(out: Path) -> bool:
@@ -81,7 +86,9 @@ def prepare_run(cfg, stage: str, models: tuple[str, ...] = ()) -> Path | None:
     `models`: paths the run reads (its starting model, a PRM...): a folder about to be overwritten
     must not hold them."""
     from posttrain.logging import console
+    from posttrain.runtime.support import check_runtime
 
+    check_runtime(cfg, stage)
     out = Path(cfg.train.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")

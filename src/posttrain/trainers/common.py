@@ -1,5 +1,12 @@
 """Pieces every trainer shares: component configs, model set-up (LoRA), optimizer and schedule,
-the resumable data order, and generation-based exact-match evaluation."""
+the resumable data order, and generation-based exact-match evaluation.
+
+Trainers on the runtime seam (`posttrain.runtime`; SFT and the reward model so far) start with
+`start_run`: the `Runtime` first, then the run folder prepared by rank 0 alone (its errors reach
+every rank). Ranks other than 0 log nothing (`NullLogger`) and show no progress; every rank runs
+`training_loop`, `optimizer_step` (the gradient norm of FSDP2's DTensor gradients is made a plain
+number) and saves collectively (rank 0 writes).
+"""
 from __future__ import annotations
 
 import json
@@ -220,10 +227,61 @@ def print_report(report) -> None:
         console.print(f"  skipped: {msg}")
 
 
+def start_run(cfg, stage: str, models: tuple[str, ...] = ()):
+    """(runtime, checkpoint to resume from): `init_runtime(cfg.runtime)`, then `prepare_run` on rank 0
+    only (a refused folder is an error on every rank, none waits for it), with the runtime options
+    checked for `stage` (`posttrain.runtime.support`)."""
+    from posttrain.runs import prepare_run
+    from posttrain.runtime.device import init_runtime
+
+    rt = init_runtime(cfg.runtime)
+    return rt, rt.on_main(lambda: prepare_run(cfg, stage, models))
+
+
+class NullLogger:
+    """The metrics logger of ranks other than 0: logs nothing."""
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def check_global_batch(rt, key: str, size: int) -> None:
+    """A step's global batch must split evenly across the ranks (equal micro-batch counts per rank)."""
+    if rt.world_size > 1 and size % rt.world_size:
+        raise ConfigError(f"{key}={size} does not split evenly across {rt.world_size} ranks (runtime.parallel={rt.parallel}); "
+                          f"use a multiple of {rt.world_size}")
+
+
+def save_run_checkpoint(trainer, keep: int) -> Path:
+    """`save_checkpoint` for a trainer on the runtime seam (`trainer.rt`, `.model`, `.opt`, `.sched`,
+    `.order`, `.step`, `.run_dir`, `.tokenizer`): gathers what the folder needs on every rank (an FSDP2
+    model's full state, the optimizer state, each rank's RNG state), rank 0 writes, all wait."""
+    from posttrain.checkpoint import save_checkpoint
+    from posttrain.runtime.device import rng_state
+    from posttrain.runtime.parallel import full_model_state, optimizer_state
+
+    rt = trainer.rt
+    model_state = full_model_state(trainer.model, rt)
+    opt_state, fmt = optimizer_state(trainer.model, trainer.opt, rt)
+    rngs = rt.gather_object(rng_state())
+    path = trainer.run_dir / "checkpoints" / f"step-{trainer.step:07d}"
+    if rt.is_main:
+        state = {"optimizer": opt_state, "optimizer_format": fmt, "scheduler": trainer.sched.state_dict(),
+                 "data": trainer.order.state(), "world_size": rt.world_size, "rng_per_rank": rngs}
+        path = save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.tokenizer, state, keep, model_state=model_state)
+    rt.barrier()
+    return path
+
+
 def optimizer_step(model, opt, sched, max_grad_norm: float, step: int, loss: float) -> tuple[float, float]:
     """Clip, refuse a non-finite gradient (naming the step and loss), step the optimizer and the
     schedule, clear gradients. Returns (grad norm before clipping, learning rate used)."""
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+        grad_norm = grad_norm.full_tensor()
     if not torch.isfinite(grad_norm):
         raise FloatingPointError(f"step {step + 1}: gradient norm is {grad_norm} (loss {loss})")
     lr = sched.get_last_lr()[0]
@@ -242,6 +300,11 @@ def saved_on_interrupt(trainer, name: str, step_attr: str = "step"):
     try:
         yield
     except KeyboardInterrupt:
+        rt = getattr(trainer, "rt", None)
+        if rt is not None and rt.distributed:  # a save is collective; ranks stopped at different points would wait forever
+            if rt.is_main:
+                console.print(f"{name}: interrupted at step {getattr(trainer, step_attr)}; a data-parallel run keeps its last periodic checkpoint")
+            raise
         console.print(f"{name}: interrupted at step {getattr(trainer, step_attr)}; saving a checkpoint (Ctrl-C again to abandon it)")
         path = trainer.save()
         trainer.logger.close()
@@ -258,13 +321,18 @@ def training_loop(trainer, train_cfg: TrainConfig, name: str, count_key: str, ba
 
     `trainer` provides `step`, `train_step()`, `evaluate()`, `save()` and `logger`."""
     from posttrain.logging import ProgressBar, console
+    from posttrain.runtime.device import fail_point
 
+    rt = getattr(trainer, "rt", None)
+    main = rt is None or rt.is_main
     last: dict = {}
     t0, done = time.perf_counter(), 0
-    bar = ProgressBar(train_cfg.max_steps, name, train_cfg.progress, start=trainer.step, every=train_cfg.log_every,
+    bar = ProgressBar(train_cfg.max_steps, name, train_cfg.progress and main, start=trainer.step, every=train_cfg.log_every,
                       every_s=train_cfg.progress_every_s)
     with saved_on_interrupt(trainer, name), bar:
         while trainer.step < train_cfg.max_steps:
+            if rt is not None:
+                fail_point(rt, f"step-{trainer.step + 1}")
             m = trainer.train_step()
             done += m[count_key]
             m[f"{count_key}_per_s"] = done / (time.perf_counter() - t0)
@@ -287,5 +355,6 @@ def training_loop(trainer, train_cfg: TrainConfig, name: str, count_key: str, ba
         final = trainer.evaluate()
         if final:
             trainer.logger.log(final, trainer.step)
-            console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+            if main:
+                console.print(f"final eval: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
     return {**last, **final}

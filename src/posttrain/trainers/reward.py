@@ -14,6 +14,12 @@ rejected run in one forward pass of 2B right-padded rows.
 Departures: the head starts from the model's own initializer (InstructGPT does not say); with LoRA
 the head is trained in full (`modules_to_save`) and the final folder holds merged weights.
 Held-out evaluation is pairwise accuracy (share of pairs with r_w > r_l) and the mean margin.
+
+Runtime (`posttrain.runtime`): as in SFT, the model and batches live on ``runtime.device``, bf16 is
+autocast with the ``score`` head (the reward) in fp32, and under torchrun with
+``runtime.parallel ddp|fsdp2`` each rank takes a contiguous 1/N share of every step's
+``rm.pairs_per_step`` pairs; the loss is summed over pairs and divided by the global pair count, so N
+ranks give the update of one process. Rank 0 writes metrics, checkpoints and ``out/model``.
 """
 from __future__ import annotations
 
@@ -24,14 +30,16 @@ from pathlib import Path
 
 import torch
 
-from posttrain.checkpoint import restore_checkpoint, save_checkpoint
-from posttrain.runs import prepare_run
+from posttrain.checkpoint import load_checkpoint_weights, restore_checkpoint
 from posttrain.configs import RewardConfig, RewardOptions  # noqa: F401  (re-exported)
 from posttrain.logging import MetricsLogger, console
 from posttrain.losses.reward import bradley_terry_loss
 from posttrain.models import attention, load_model_and_tokenizer
+from posttrain.runtime.device import Runtime
+from posttrain.runtime.parallel import full_model_state, grad_sync, load_optimizer_state, place_model
 from posttrain.trainers.common import (
-    DataOrder, ModelConfig, bind_inputs, build_optimizer, optimizer_step, seed_everything, training_loop,
+    DataOrder, ModelConfig, NullLogger, bind_inputs, build_optimizer, check_global_batch, optimizer_step,
+    save_run_checkpoint, seed_everything, start_run, training_loop,
 )
 from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, tokenize_pairs
 
@@ -68,10 +76,14 @@ def load_reward_backbone(cfg: RewardConfig):
     return reward_model_from_causal(causal, tok.pad_token_id, cfg.train.seed), tok
 
 
-def pair_rewards(rm, pairs: list[TokenizedPair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen rewards (B,), rejected rewards (B,)) from one forward pass over 2B rows."""
+def pair_rewards(rm, pairs: list[TokenizedPair], pad_id: int, rt: Runtime | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen rewards (B,), rejected rewards (B,)) from one forward pass over 2B rows (on the
+    runtime's device, under its autocast; the rewards are fp32)."""
+    rt = rt or Runtime()
     batch = pair_batch(pairs, pad_id)
-    r = rm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits[:, 0].float()
+    ids, mask = batch.input_ids.to(rt.device), batch.attention_mask.to(rt.device)
+    with rt.autocast():
+        r = rm(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, 0].float()
     return r[: len(pairs)], r[len(pairs):]
 
 
@@ -102,7 +114,8 @@ class RewardTrainer:
     def __init__(self, cfg: RewardConfig, model=None, tokenizer=None, *, train_data=None, eval_data=None):
         cfg, model, train_rows, eval_rows = bind_inputs(cfg, model, train_data, eval_data)
         self.cfg = cfg
-        self.resume_from = prepare_run(cfg, "rm", (cfg.model.name,))
+        self.rt, self.resume_from = start_run(cfg, "rm", (cfg.model.name,))
+        check_global_batch(self.rt, "rm.pairs_per_step", cfg.rm.pairs_per_step)
         seed_everything(cfg.train.seed)
         train, self.task = load_pairs(cfg.data, "train", source=train_rows)  # the data first: a bad row is reported before any model is loaded
         evals, _ = load_pairs(cfg.data, "eval", source=eval_rows)
@@ -112,41 +125,51 @@ class RewardTrainer:
             model.gradient_checkpointing_enable()
         if model.config.pad_token_id is None:
             raise ValueError("the reward model's config has no pad_token_id (needed to find the last real token)")
-        self.model = _apply_lora(model, cfg.model)
+        self.model = _apply_lora(model, cfg.model).to(self.rt.device)
         self.tokenizer = tokenizer
         self.pairs = tokenize_pairs(tokenizer, train, cfg.data.max_length, cfg.rm.margin_column)
         self.eval_pairs = tokenize_pairs(tokenizer, evals, cfg.data.max_length, cfg.rm.margin_column) if evals else []
+        self.run_dir = Path(cfg.train.out)
+        if cfg.train.resume:  # weights before the model is wrapped / sharded, optimizer state after
+            load_checkpoint_weights(self.run_dir, self.model)
+        self.train_model = place_model(self.model, self.rt)
         self.opt, self.sched = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
         self.order = DataOrder(len(self.pairs), cfg.train.seed)
-        self.run_dir = Path(cfg.train.out)
         self.step = 0
         if cfg.train.resume:
             self._resume()
-        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+        self.logger = (MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+                       if self.rt.is_main else NullLogger())
 
     def _loss(self, pairs: list[TokenizedPair], num_pairs: int) -> tuple[torch.Tensor, dict]:
-        chosen, rejected = pair_rewards(self.model, pairs, self.tokenizer.pad_token_id)
-        margin = torch.tensor([p.margin for p in pairs]) if self.cfg.rm.margin_column else None
+        chosen, rejected = pair_rewards(self.train_model, pairs, self.tokenizer.pad_token_id, self.rt)
+        margin = torch.tensor([p.margin for p in pairs], device=self.rt.device) if self.cfg.rm.margin_column else None
         loss, stats = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=self.cfg.rm.center_coef)
         return loss.sum() / num_pairs, {k: float(v) for k, v in stats.items()}
 
     def train_step(self) -> dict:
         """One optimizer step over ``rm.pairs_per_step`` pairs; returns its metrics (loss, grad_norm,
         lr, pairs, accuracy, margin, ...)."""
-        c = self.cfg
-        idx = self.order.take(c.rm.pairs_per_step)
+        c, rt = self.cfg, self.rt
+        n_global = c.rm.pairs_per_step
+        idx = rt.shard(self.order.take(n_global))  # this rank's share of the global batch
         self.model.train()
         total, stats_sum = 0.0, {}
-        for i in range(0, len(idx), c.rm.pairs_per_microbatch):
+        starts = range(0, len(idx), c.rm.pairs_per_microbatch)
+        for k, i in enumerate(starts):
             chunk = [self.pairs[j] for j in idx[i : i + c.rm.pairs_per_microbatch]]
-            loss, stats = self._loss(chunk, len(idx))
-            loss.backward()
+            with grad_sync(self.train_model, rt, sync=k == len(starts) - 1):
+                loss, stats = self._loss(chunk, n_global)
+                (loss * rt.grad_scale if rt.distributed else loss).backward()
             total += float(loss.detach())
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + v * len(chunk) / len(idx)
+            for key, v in stats.items():
+                stats_sum[key] = stats_sum.get(key, 0.0) + v * len(chunk) / n_global
+        if rt.distributed:
+            total = rt.all_reduce_sum(total)
+            stats_sum = dict(zip(stats_sum, rt.all_reduce_sum(torch.tensor(list(stats_sum.values()), dtype=torch.float64, device=rt._comm_device)).tolist()))
         grad_norm, lr = optimizer_step(self.model, self.opt, self.sched, c.optim.max_grad_norm, self.step, total)
         self.step += 1
-        return {"loss": total, "grad_norm": grad_norm, "lr": lr, "pairs": len(idx), **stats_sum}
+        return {"loss": total, "grad_norm": grad_norm, "lr": lr, "pairs": n_global, **stats_sum}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -155,29 +178,39 @@ class RewardTrainer:
             return {}
         self.model.eval()
         n = self.cfg.rm.eval_pairs_per_batch
-        parts = [pair_rewards(self.model, self.eval_pairs[i : i + n], self.tokenizer.pad_token_id) for i in range(0, len(self.eval_pairs), n)]
+        parts = [pair_rewards(self.model, self.eval_pairs[i : i + n], self.tokenizer.pad_token_id, self.rt) for i in range(0, len(self.eval_pairs), n)]
         chosen, rejected = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         self.model.train()
         return {"eval/pairwise_accuracy": float((chosen > rejected).float().mean()), "eval/margin": float((chosen - rejected).mean()),
                 "eval/rewards/chosen": float(chosen.mean()), "eval/rewards/rejected": float(rejected.mean()), "eval/pairs": len(chosen)}
 
     def _resume(self) -> None:
-        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr)
+        rt = self.rt
+        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr, weights=False,
+                                load_optimizer=lambda sd, fmt: load_optimizer_state(self.model, self.opt, rt, sd, fmt),
+                                rank=rt.rank, world_size=rt.world_size, verbose=rt.is_main)
         if st is not None:
             self.order = DataOrder(len(self.pairs), self.cfg.train.seed, **st["data"])
             self.step = st["step"]
 
     def save(self) -> Path:
-        """Checkpoint the current step into ``out/checkpoints/step-NNNNNNN``; returns its folder."""
-        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
-        return save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
+        """Checkpoint the current step into ``out/checkpoints/step-NNNNNNN``; returns its folder
+        (collective under data parallelism: every rank calls it, rank 0 writes)."""
+        return save_run_checkpoint(self, self.cfg.train.keep_checkpoints)
 
     def export(self) -> Path:
-        """Write `out/model`: a plain `AutoModelForSequenceClassification` folder (LoRA merged)."""
+        """Write `out/model`: a plain `AutoModelForSequenceClassification` folder (LoRA merged); rank 0
+        writes (an FSDP2 model's full state gathered first), every rank returns the folder."""
         target = self.run_dir / "model"
-        model = copy.deepcopy(self.model).merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
-        model.save_pretrained(target)
-        self.tokenizer.save_pretrained(target)
+        full = full_model_state(self.model, self.rt)
+        if self.rt.is_main:
+            if full is not None:
+                self.model.save_pretrained(target, state_dict=full)
+            else:
+                model = copy.deepcopy(self.model).merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+                model.save_pretrained(target)
+            self.tokenizer.save_pretrained(target)
+        self.rt.barrier()
         return target
 
     def describe(self) -> dict:
@@ -190,8 +223,9 @@ class RewardTrainer:
         """Train to ``train.max_steps``, evaluate, save the checkpoint and export ``out/model``; returns
         the last step's metrics, the final ``eval/*``, ``checkpoint`` and ``model`` (folders)."""
         c = self.cfg
-        console.print(f"rm config: {json.dumps(dataclasses.asdict(c), default=str)}")
-        console.print(f"rm sizes: {json.dumps(self.describe())}")
+        if self.rt.is_main:
+            console.print(f"rm config: {json.dumps(dataclasses.asdict(c), default=str)}")
+            console.print(f"rm sizes: {json.dumps(self.describe())}")
         out = training_loop(self, c.train, "rm", "pairs", lambda m: {"loss": m["loss"], "acc": m["accuracy"]})
         path = self.save()
         model_dir = self.export()

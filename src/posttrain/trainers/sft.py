@@ -4,6 +4,15 @@ One step takes `sequences_per_step` examples in a seeded, resumable order, split
 micro-batches of `sequences_per_microbatch`, packs each micro-batch into rows of at most
 `tokens_per_row` tokens, and normalizes every micro-batch's summed NLL by the token count of the
 whole step — so 1x8, 2x4 and 8x1 splits give the same update, and packed equals unpacked.
+
+Runtime (`posttrain.runtime`, section ``runtime``): the model and every batch live on
+``runtime.device``; ``runtime.dtype bf16`` runs forward passes under bf16 autocast with fp32 master
+weights, AdamW state and logits. Under torchrun with ``runtime.parallel ddp|fsdp2`` every rank draws
+the same global batch of ``sft.sequences_per_step`` examples (same seeded order) and trains on its
+contiguous 1/N share, split into micro-batches of ``sft.sequences_per_microbatch``; the loss
+normalizer is the global batch's loss-token count (each rank's count, all-reduced), so N ranks x B/N
+examples give the update of 1 x B. Rank 0 writes metrics, config and checkpoints; every rank loads
+on resume and keeps its own RNG state in the checkpoint.
 """
 from __future__ import annotations
 
@@ -14,33 +23,44 @@ from pathlib import Path
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.checkpoint import restore_checkpoint, save_checkpoint
-from posttrain.runs import prepare_run
+from posttrain.checkpoint import load_checkpoint_weights, restore_checkpoint
 from posttrain.data import TokenizedExample, check_sft_examples, pack_rows, packed_batch, pad_batch, tokenize_sft_examples
 from posttrain.logging import MetricsLogger, console, warn
 from posttrain.losses.sft import sft_loss
 from posttrain.models import load_model_and_tokenizer
 from posttrain.ops import aggregate, token_logprobs
 from posttrain.configs import SFTConfig, SFTOptions  # noqa: F401  (re-exported)
+from posttrain.runtime.device import Runtime
+from posttrain.runtime.parallel import grad_sync, load_optimizer_state, place_model
 from posttrain.trainers.common import (
-    DataOrder, apply_lora, bind_inputs, build_optimizer, default_verifier, exact_match_eval, load_split,
-    optimizer_step, seed_everything, training_loop,
+    DataOrder, NullLogger, apply_lora, bind_inputs, build_optimizer, check_global_batch, default_verifier,
+    exact_match_eval, load_split, optimizer_step, save_run_checkpoint, seed_everything, start_run, training_loop,
 )
 
+_CPU = Runtime()
 
-def microbatch_loss(model, batch, num_loss_tokens: int) -> tuple[torch.Tensor, float]:
-    """Summed NLL of `batch` divided by the step's token count (so micro-batches add up exactly)."""
-    logits = model(**batch.model_inputs()).logits
+
+def microbatch_loss(model, batch, num_loss_tokens: int, rt: Runtime = _CPU) -> tuple[torch.Tensor, float]:
+    """Summed NLL of `batch` divided by the step's token count (so micro-batches add up exactly);
+    the forward runs under the runtime's autocast, the log-probabilities in fp32."""
+    with rt.autocast():
+        logits = model(**batch.model_inputs()).logits
     mask = batch.labels != -100
-    nll, _ = sft_loss(token_logprobs(logits, batch.labels), mask)
+    nll, _ = sft_loss(token_logprobs(logits.float(), batch.labels), mask)
     return aggregate(nll, mask, "token-mean", num_tokens=num_loss_tokens), float(nll.detach().sum())
 
 
-def make_batches(examples: list[TokenizedExample], opts: SFTOptions, pad_id: int):
+def make_batches(examples: list[TokenizedExample], opts: SFTOptions, pad_id: int, device=None):
     size = opts.sequences_per_microbatch
     for i in range(0, len(examples), size):
         chunk = examples[i : i + size]
-        yield packed_batch(pack_rows(chunk, opts.tokens_per_row), pad_id) if opts.pack else pad_batch(chunk, pad_id)
+        b = packed_batch(pack_rows(chunk, opts.tokens_per_row), pad_id) if opts.pack else pad_batch(chunk, pad_id)
+        yield b if device is None or device.type == "cpu" else _to(b, device)
+
+
+def _to(batch, device):
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).to(device, non_blocking=True)
+                                         for f in dataclasses.fields(batch) if isinstance(getattr(batch, f.name), torch.Tensor)})
 
 
 def reference_answer(completion) -> str | None:
@@ -68,7 +88,8 @@ class SFTTrainer:
     def __init__(self, cfg: SFTConfig, model=None, tokenizer=None, *, train_data=None, eval_data=None):
         cfg, model, train_rows, eval_rows = bind_inputs(cfg, model, train_data, eval_data)
         self.cfg = cfg
-        self.resume_from = prepare_run(cfg, "sft", (cfg.model.name,))
+        self.rt, self.resume_from = start_run(cfg, "sft", (cfg.model.name,))
+        check_global_batch(self.rt, "sft.sequences_per_step", cfg.sft.sequences_per_step)
         seed_everything(cfg.train.seed)
         # the data first: a bad row is reported before any model is loaded
         train, self.task = load_split(cfg.data, "sft", source=train_rows)
@@ -78,7 +99,7 @@ class SFTTrainer:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        self.model = apply_lora(model, cfg.model)
+        self.model = apply_lora(model, cfg.model).to(self.rt.device)
         self.tokenizer = tokenizer
         self.train_examples, n_long, why_long = tokenize_sft_examples(tokenizer, train, cfg.data.max_length, cfg.data.on_error)
         if n_empty or n_long:
@@ -102,13 +123,17 @@ class SFTTrainer:
                 ex.answer = reference_answer(ex.completion)
         self.answered = [ex for ex in self.eval_examples if ex.answer is not None and ex.prompt is not None]
         self.verify = default_verifier(self.task) if self.answered else None
+        self.run_dir = Path(cfg.train.out)
+        if cfg.train.resume:  # weights before the model is wrapped / sharded, optimizer state after
+            load_checkpoint_weights(self.run_dir, self.model)
+        self.train_model = place_model(self.model, self.rt)
         self.opt, self.sched = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
         self.order = DataOrder(len(self.train_examples), cfg.train.seed)
-        self.run_dir = Path(cfg.train.out)
         self.step = 0
         if cfg.train.resume:
             self._resume()
-        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+        self.logger = (MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+                       if self.rt.is_main else NullLogger())
 
     def describe(self) -> dict:
         """The run's derived sizes: parameters, examples, tokens, micro-batches per step, epochs."""
@@ -124,33 +149,39 @@ class SFTTrainer:
         }
 
     def _resume(self) -> None:
-        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr)
+        rt = self.rt
+        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr, weights=False,
+                                load_optimizer=lambda sd, fmt: load_optimizer_state(self.model, self.opt, rt, sd, fmt),
+                                rank=rt.rank, world_size=rt.world_size, verbose=rt.is_main)
         if st is not None:
             self.order = DataOrder(len(self.train_examples), self.cfg.train.seed, **st["data"])
             self.step = st["step"]
 
     def save(self) -> Path:
         """Checkpoint the current step into ``out/checkpoints/step-NNNNNNN`` (model or LoRA adapter,
-        tokenizer, optimizer, schedule, data position); returns its folder."""
-        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
-        return save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
+        tokenizer, optimizer, schedule, data position); returns its folder. Collective under data
+        parallelism: every rank calls it, rank 0 writes."""
+        return save_run_checkpoint(self, self.cfg.train.keep_checkpoints)
 
     def train_step(self) -> dict:
-        """One optimizer step over ``sft.sequences_per_step`` examples; returns its metrics
-        (loss, grad_norm, lr, tokens, loss_tokens)."""
-        c = self.cfg
-        batch = [self.train_examples[i] for i in self.order.take(c.sft.sequences_per_step)]
-        n_loss = sum(sum(e.loss_mask[1:]) for e in batch)
+        """One optimizer step over ``sft.sequences_per_step`` examples (this rank's share of them under
+        data parallelism); returns its metrics over the global batch (loss, grad_norm, lr, tokens, loss_tokens)."""
+        c, rt = self.cfg, self.rt
+        batch = rt.shard([self.train_examples[i] for i in self.order.take(c.sft.sequences_per_step)])
+        n_loss = int(rt.all_reduce_sum(sum(sum(e.loss_mask[1:]) for e in batch)))  # the global normalizer
         self.model.train()
         total = 0.0
-        for mb in make_batches(batch, c.sft, self.tokenizer.pad_token_id):
-            loss, nll_sum = microbatch_loss(self.model, mb, n_loss)
-            loss.backward()
+        mbs = list(make_batches(batch, c.sft, self.tokenizer.pad_token_id, rt.device))
+        for k, mb in enumerate(mbs):
+            with grad_sync(self.train_model, rt, sync=k == len(mbs) - 1):
+                loss, nll_sum = microbatch_loss(self.train_model, mb, n_loss, rt)
+                (loss * rt.grad_scale if rt.distributed else loss).backward()
             total += nll_sum
+        total = rt.all_reduce_sum(total)
         grad_norm, lr = optimizer_step(self.model, self.opt, self.sched, c.optim.max_grad_norm, self.step, total / n_loss)
         self.step += 1
         return {"loss": total / n_loss, "grad_norm": grad_norm, "lr": lr,
-                "tokens": sum(len(e) for e in batch), "loss_tokens": n_loss}
+                "tokens": int(rt.all_reduce_sum(sum(len(e) for e in batch))), "loss_tokens": n_loss}
 
     @torch.no_grad()
     def eval_loss(self) -> float | None:
@@ -159,7 +190,8 @@ class SFTTrainer:
             return None
         self.model.eval()
         n = sum(sum(e.loss_mask[1:]) for e in self.eval_tokenized)
-        total = sum(microbatch_loss(self.model, mb, n)[1] for mb in make_batches(self.eval_tokenized, self.cfg.sft, self.tokenizer.pad_token_id))
+        batches = make_batches(self.eval_tokenized, self.cfg.sft, self.tokenizer.pad_token_id, self.rt.device)
+        total = sum(microbatch_loss(self.model, mb, n, self.rt)[1] for mb in batches)
         return total / n
 
     def evaluate(self) -> dict:
@@ -170,8 +202,9 @@ class SFTTrainer:
         if loss is not None:
             out["eval/loss"] = loss
         if self.verify is not None:
-            res = exact_match_eval(self.model, self.tokenizer, self.answered, self.verify, self.cfg.sft.eval_max_new_tokens)
-            for prompt, text, answer, ok in res.pop("samples")[:2]:
+            with self.rt.autocast():
+                res = exact_match_eval(self.model, self.tokenizer, self.answered, self.verify, self.cfg.sft.eval_max_new_tokens)
+            for prompt, text, answer, ok in res.pop("samples")[:2] if self.rt.is_main else ():
                 console.print(f"  eval sample: {json.dumps(prompt)[:80]} -> {text!r} (answer {answer}, {'ok' if ok else 'wrong'})")
             out.update({f"eval/{k}": v for k, v in res.items()})
         return out
@@ -180,8 +213,9 @@ class SFTTrainer:
         """Train to ``train.max_steps`` (or ``sft.target_accuracy``), evaluate, save the final
         checkpoint; returns the last step's metrics, the final eval and ``checkpoint`` (its folder)."""
         c = self.cfg
-        console.print(f"sft config: {json.dumps(dataclasses.asdict(c), default=str)}")
-        console.print(f"sft sizes: {json.dumps(self.describe())}")
+        if self.rt.is_main:
+            console.print(f"sft config: {json.dumps(dataclasses.asdict(c), default=str)}")
+            console.print(f"sft sizes: {json.dumps(self.describe())}")
         target = c.sft.target_accuracy
 
         def reached(m: dict) -> str | None:
