@@ -6,8 +6,9 @@ pass rate, then GRPO, and report the held-out pass rate before / after against w
 
 The task (`posttrain.tasks.code`): the prompt shows f(0), f(1), f(2) of an integer function, the
 completion is the function (``def f(x): return x*3+2``), and the reward runs it against held-out
-inputs in the sandbox (`posttrain.rewards.code.code_reward`, HumanEval-style ``test`` +
-``entry_point`` columns), exactly what ``posttrain rl --data task:code --rl.reward code`` does. The
+inputs in the sandbox (`posttrain.rewards.code.code_reward` on the rows' call-based ``input_output``
+cases: one sandbox run per program; the rows' HumanEval-style ``test`` holds the same cases, which
+``posttrain rl --data task:code --rl.reward code`` runs by record / replay, several runs per program). The
 held-out problems are functions never trained on (the split is by function).
 
 The reward here is `code_reward` behind a cache keyed by (completion text, test): a GRPO group of a
@@ -37,7 +38,8 @@ from posttrain.trainers.sft import SFTConfig, SFTOptions, SFTTrainer
 
 
 class CachedCodeReward:
-    """`code_reward` (all-or-nothing), each distinct (completion, test, entry point) run once."""
+    """`code_reward` (all-or-nothing) on the task's call-based cases (``input_output``: one sandbox run
+    per program), each distinct (completion, cases) run once."""
 
     __name__ = "code_reward"
 
@@ -45,12 +47,11 @@ class CachedCodeReward:
         self.cache: dict[tuple, float | None] = {}
         self.scored = self.runs = 0
 
-    def __call__(self, prompts, completions, test, entry_point, **_columns):
-        keys = [(c, t, e) for c, t, e in zip(completions, test, entry_point, strict=True)]
+    def __call__(self, prompts, completions, input_output, **_columns):
+        keys = [(c, t) for c, t in zip(completions, input_output, strict=True)]
         todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
         if todo:
-            scores = code_reward([""] * len(todo), [k[0] for k in todo], test=[k[1] for k in todo],
-                                 entry_point=[k[2] for k in todo])
+            scores = code_reward([""] * len(todo), [k[0] for k in todo], input_output=[k[1] for k in todo])
             self.cache.update(zip(todo, scores))
         self.scored += len(keys)
         self.runs += len(todo)
@@ -62,7 +63,7 @@ def pass_rate(model, tokenizer, rows, reward: CachedCodeReward, max_new_tokens: 
     engine = HFEngine(model, tokenizer, sequences_per_batch=256)
     outs = engine.generate([encode_prompt(tokenizer, r["prompt"]) for r in rows],
                            SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
-    scores = reward([""] * len(rows), [o[0].text for o in outs], [r["test"] for r in rows], [r["entry_point"] for r in rows])
+    scores = reward([""] * len(rows), [o[0].text for o in outs], [r["input_output"] for r in rows])
     return sum(s == 1.0 for s in scores) / len(rows)
 
 

@@ -243,6 +243,8 @@ WALK_EXPECTED = {
     "reinforce_pp_baseline": [[x] * 3 for x in _batch_whiten([a for a in HAND["dr_grpo"] for _ in range(3)])[::3]],
     # GAE with gamma = lam = 1: A_t = R - V_t
     "gae": [[r - 0.5, r - 0.2, r - 0.1] for r in R],
+    # one turn (an all-ones mask), gamma = 1: every token gets the episode's GRPO advantage
+    "turn_discounted": [[a] * 3 for a in HAND["grpo"]],
 }
 
 

@@ -26,6 +26,8 @@ Papers:
 - reinforce_pp_baseline: same paper — group mean subtracted, then batch normalization.
 - remax: Li et al. 2023, "ReMax" — A_i = r_i - r(greedy rollout of the same prompt).
 - gae: Schulman et al. 2016, "High-Dimensional Continuous Control Using GAE".
+- turn_discounted: multi-turn episodes, per-turn discounted returns against a group baseline (in
+  the spirit of SWEET-RL's turn-level credit, Zhou et al. 2025, without its critic).
 
 Departures / choices:
 - Standard deviations are unbiased (Bessel), as ``torch.std`` in TRL and verl.
@@ -82,6 +84,9 @@ class EstimatorNeeds:
     baseline_rollout: it needs ``baseline_rewards``, the reward of one greedy rollout per prompt (ReMax).
     value_model: it needs ``values`` (N, T) from a critic (GAE).
     process_std: `process_advantages` beside it divide by the group std (False: mean only, Dr. GRPO).
+    turn_rewards: it credits turns: ``mask`` (the policy-token mask; env tokens are 0) delimits them
+      and a multi-turn episode's per-turn rewards come in ``token_rewards`` (each at its turn's last
+      policy token; the trainer then passes in ``rewards`` only what the stream does not hold).
     """
 
     groups: bool = False
@@ -89,6 +94,7 @@ class EstimatorNeeds:
     baseline_rollout: bool = False
     value_model: bool = False
     process_std: bool = True
+    turn_rewards: bool = False
 
 
 def estimator_needs(name: str) -> EstimatorNeeds:
@@ -242,6 +248,60 @@ def reinforce_pp_baseline_advantages(rewards, group_ids, *, eps=1e-6, baseline_r
     total, m = _token_rewards_with_outcome(centered, token_rewards, mask)
     returns = _discounted_returns(total, m, gamma)
     return _masked_whiten(returns, m, eps), returns
+
+
+# ----------------------------------------------------------------------------------------------
+# multi-turn: discounted per-turn credit
+
+
+def turn_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(N, T) the discounted return of each policy token's turn, 0 where `mask` is 0.
+
+    A turn is a maximal run of `mask` 1s (env tokens, mask 0, separate turns). With r_k the sum of
+    turn k's rewards, G_k = r_k + gamma * G_{k+1}; every token of turn k gets G_k. The discount is
+    per turn, not per token (a long turn is not discounted more than a short one)."""
+    m = mask.bool()
+    if not m.any():
+        return torch.zeros(m.shape, dtype=torch.float32, device=token_rewards.device)
+    prev = torch.cat([torch.zeros_like(m[:, :1]), m[:, :-1]], dim=1)
+    turn = ((m & ~prev).long().cumsum(-1) - 1).clamp_min(0)  # turn index of each token (0-based)
+    K = int(turn.max()) + 1
+    per_turn = torch.zeros((m.shape[0], K), dtype=torch.float32, device=m.device)
+    per_turn.scatter_add_(1, turn, token_rewards.float() * m)
+    g = torch.zeros_like(per_turn)
+    running = torch.zeros_like(per_turn[:, 0])
+    for k in range(K - 1, -1, -1):
+        running = per_turn[:, k] + gamma * running
+        g[:, k] = running
+    return g.gather(1, turn) * m
+
+
+@ADVANTAGE_ESTIMATORS.register("turn_discounted", needs=EstimatorNeeds(groups=True, token_rewards=True, turn_rewards=True))
+def turn_discounted_advantages(rewards, group_ids, *, eps=1e-6, baseline_rewards=None, values=None,
+                               token_rewards=None, mask=None, gamma=1.0, lam=1.0):
+    """(N, T): (G_turn - group mean of G_0) / (group std of G_0 + eps), G the per-turn discounted
+    return (`turn_returns`) of token_rewards + the outcome reward at the last policy token, G_0 each
+    episode's return from its first turn.
+
+    Turn-level credit without a critic (SWEET-RL, Zhou et al. 2025, learns a turn-level advantage
+    with a privileged critic; here the group of episodes on one env seed is the baseline, as GRPO).
+    A turn's tokens are credited with the rewards of that turn and the discounted later ones, not
+    with rewards earned before it. With gamma = 1 and only an outcome reward (at the last turn) every
+    token gets the episode's reward and this is `grpo_advantages` spread over the policy tokens
+    (tested). `mask` is the policy-token mask (required): its runs of 1s are the turns."""
+    r = _check_rewards(rewards, group_ids)
+    if mask is None:
+        raise ValueError("turn_discounted needs mask (N, T): the policy-token mask whose runs are the turns")
+    m = mask.bool()
+    stream = torch.zeros(m.shape, dtype=torch.float32, device=r.device) if token_rewards is None else token_rewards.float()
+    stream = stream * m + r.unsqueeze(-1) * _last_token_onehot(m)
+    g = turn_returns(stream, m, gamma)
+    first = m.long().argmax(-1)  # the first policy token of each row: its return is the episode's
+    g0 = g.gather(1, first.unsqueeze(1)).squeeze(1) * m.any(-1)
+    mean, std, size = group_stats(g0, group_ids)
+    adv = (g - mean.unsqueeze(-1)) / (std.unsqueeze(-1) + eps)
+    adv = torch.where(size.unsqueeze(-1) > 1, adv, torch.zeros_like(adv))
+    return adv * m, g
 
 
 # ----------------------------------------------------------------------------------------------

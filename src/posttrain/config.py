@@ -33,6 +33,7 @@ ALIASES = {
     "lr": "optim.lr",
     "seed": "train.seed",
     "lora": "model.lora_rank",
+    "env": "rl.env",
 }
 
 

@@ -219,6 +219,13 @@ class RLOptions:
     prm_coef: float = 1.0  # weight of the PRM term beside the outcome reward / advantage
     prm_step_sep: str = ""  # empty: the separator the PRM was trained with
     prm_baseline: float = 0.5  # subtracted from step scores in token-level rewards (gae, reinforce_pp)
+    # multi-turn environments (posttrain.envs, posttrain.rollout.multiturn); empty env: single-turn prompts
+    env: str = ""  # an environment, NAME[:k=v,...] (guess, calculator); rows are its seeds unless data.path is a file
+    max_turns: int = ranged(4, gt=0)  # model turns per episode (each at most max_new_tokens)
+    max_episode_tokens: int = ranged(256, gt=0)  # tokens after the prompt per episode, model and env tokens together
+    max_tool_output_tokens: int = ranged(64, gt=0)  # tokens of one env / tool message (cut beyond, counted)
+    env_timeout_s: float = ranged(10.0, ge=0)  # an env call (reset, step, tool, reward) slower than this fails the episode (0: no limit)
+    env_role: str = "user"  # chat role of env messages ("tool" where the chat template has one)
     # algorithm axes: None = the --algo preset's value (posttrain.trainers.rl_presets)
     estimator: str | None = None  # advantage estimator: grpo|dr_grpo|rloo|remax|reinforce_pp|reinforce_pp_baseline|gae
     loss: str | None = None  # policy objective: ppo|gspo|cispo|reinforce|dpo
@@ -263,15 +270,17 @@ class DemoConfig:
     sequences_per_step: int = ranged(64, gt=0)  # SFT examples per step
     eval_problems: int = ranged(200, gt=0)  # held-out problems for greedy exact match
     stages: tuple[str, ...] = ("sft", "dpo", "rl", "scaling")  # stages to run, in order: sft,dpo,rl,scaling
-    dpo_steps: int = ranged(60, gt=0)  # preference (RPO) steps
+    # DPO and GRPO start from a mid-accuracy SFT snapshot, each beside continued SFT from it for the same wall time
+    mid_accuracy: float = ranged(0.45, ge=0, le=1)  # the SFT step closest to this held-out accuracy is where dpo and rl start
+    snapshot_every: int = ranged(5, gt=0)  # SFT steps between candidate snapshots (kept after the last eval below a target)
+    dpo_steps: int = ranged(40, gt=0)  # preference (RPO) steps
     dpo_problems: int = 640  # problems whose right solution is paired with the model's own wrong sample
-    dpo_lr: float = ranged(2e-5, gt=0)  # preference stage learning rate
-    rl_steps: int = ranged(30, gt=0)  # GRPO steps
-    rl_lr: float = ranged(1e-4, gt=0)  # GRPO learning rate
-    rl_warmup_steps: int = 10  # linear warm-up: Adam's first steps move every weight by the full lr
+    dpo_lr: float = ranged(3e-4, gt=0)  # preference stage learning rate (constant)
+    rl_steps: int = ranged(40, gt=0)  # GRPO steps (20 gained 1.5 points from a 23% start, 40 gained 21.5: BENCHMARKS.md, The demo)
+    rl_lr: float = ranged(3e-4, gt=0)  # GRPO learning rate (constant after the warm-up)
+    rl_warmup_steps: int = 5  # linear warm-up: Adam's first steps move every weight by the full lr
     # test-time scaling (stage "scaling"): weak SFT checkpoint + PRM from the final SFT model
     scaling_weak_accuracy: float = 0.3  # the SFT step closest to this held-out accuracy is the policy searched
-    scaling_snapshot_every: int = 10  # SFT steps between the candidates (kept after the last eval below it)
     scaling_label_problems: int = ranged(160, gt=0)  # problems whose weak-model solutions are labelled for the PRM
     scaling_solutions: int = 4  # weak-model solutions labelled per problem
     scaling_rollouts: int = 2  # final-model rollouts per step prefix

@@ -1,12 +1,16 @@
 """`posttrain demo`: the whole pipeline on a from-scratch tiny model, offline, on 2 CPU cores.
 
-SFT on a built-in task first; then each later stage (preference optimization, online RL) starts
-from a copy of the SFT model, so the report compares them side by side against the same start. The run folder gets each stage's
-metrics, `curves.png`, `report.md` and `summary.json`.
+SFT on a built-in task first, from scratch. Preference optimization (RPO) and online RL (GRPO) then
+each start from the same *mid-accuracy* snapshot of that SFT run (of the steps every `snapshot_every`
+between the last evaluation below `mid_accuracy` and the first at or above it, the one whose held-out
+greedy accuracy is closest to it), not from the solved final model, so that each has room to show a
+gain. Beside them runs the control: SFT continued from that snapshot (its weights, optimizer state,
+schedule position and data position, i.e. the SFT run going on as it did) for the same wall time as
+each stage took, evaluated on the same held-out problems. The run folder gets each stage's metrics,
+`accuracy_by_stage.png` (the report's first figure), `curves.png`, `report.md` and `summary.json`.
 
-The last stage, test-time scaling, searches with a *weak* checkpoint of the same SFT run (of the
-steps every `scaling_snapshot_every` after the last evaluation below `scaling_weak_accuracy`, the
-one whose held-out greedy accuracy is closest to it) and a PRM on the final SFT model, trained on
+The last stage, test-time scaling, searches with a *weak* snapshot of the same SFT run (picked the
+same way for `scaling_weak_accuracy`) and a PRM on the final SFT model, trained on
 Math-Shepherd automatic labels (Wang et al. 2024): the weak model's sampled solutions, each step
 labelled by rollouts of the final SFT model from that step's prefix (a stronger completer than the
 generator, as with Math-Shepherd's separate completer). The PRM is a head on the frozen final
@@ -27,7 +31,7 @@ from pathlib import Path
 from posttrain.configs import DemoConfig  # noqa: F401  (re-exported)
 from posttrain.logging import console, read_metrics
 from posttrain.errors import UserError
-from posttrain.trainers.common import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from posttrain.trainers.common import DataConfig, DataOrder, ModelConfig, OptimConfig, TrainConfig
 from posttrain.trainers.sft import SFTConfig, SFTOptions, SFTTrainer
 
 
@@ -45,16 +49,17 @@ def _sft_config(cfg: DemoConfig, run_dir: Path) -> SFTConfig:
     )
 
 
-def plot_curves(run_dir: Path, stage_metrics: dict[str, list[dict]]) -> Path:
+def plot_curves(run_dir: Path, stage_metrics: dict[str, list[dict]], starts: dict[str, int]) -> Path:
+    """Training loss and held-out accuracy against the step; a later stage's steps count on from the
+    SFT step it starts at (`starts`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    sft_end = max((r["step"] for r in stage_metrics.get("sft", [])), default=0)
     for stage, rows in stage_metrics.items():
-        offset = 0 if stage == "sft" else sft_end  # later stages branch from the end of SFT
+        offset = starts.get(stage, 0)
         train = [r for r in rows if "loss" in r]
         evals = [r for r in rows if "eval/accuracy" in r]
         if train:
@@ -73,16 +78,73 @@ def plot_curves(run_dir: Path, stage_metrics: dict[str, list[dict]]) -> Path:
     return path
 
 
+def plot_accuracy_by_stage(run_dir: Path, summary: dict) -> Path:
+    """The report's first figure: held-out accuracy of each stage at its start and end, with the
+    time-matched continued-SFT control beside the stages that have one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = summary["stages"]
+    fig, ax = plt.subplots(figsize=(2.2 * len(stages) + 2, 4.2))
+    width = 0.27
+    for i, (name, s) in enumerate(stages.items()):
+        bars = [(-width, s.get("before"), "start", "0.75", None), (0.0, s.get("accuracy"), "after the stage", "tab:blue", None)]
+        if "control" in s:
+            bars.append((width, s["control"]["accuracy"], "control: SFT continued, same wall time", "white", "//"))
+        for dx, value, label, color, hatch in bars:
+            if value is None:
+                continue
+            ax.bar(i + dx, 100 * value, width, color=color, edgecolor="0.3", hatch=hatch, label=label if i == 0 or "control" in label else None)
+            ax.text(i + dx, 100 * value + 1.5, f"{100 * value:.0f}", ha="center", fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper center", ncol=3)
+    ax.set_xticks(range(len(stages)), [_stage_label(n, s) for n, s in stages.items()], fontsize=8)
+    ax.set(ylabel="held-out exact match (%)", ylim=(0, 122), title="held-out accuracy by stage")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = run_dir / "accuracy_by_stage.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _stage_label(name: str, s: dict) -> str:
+    if name == "sft":
+        return "SFT\nfrom scratch"
+    if name == "scaling":
+        return f"test-time scaling\nSFT step {s['weak_step']},\n{s['best']['method']}@{s['best']['budget']}"
+    title = {"dpo": "RPO (DPO + NLL)", "rl": "GRPO"}.get(name, name)
+    return f"{title}\nfrom SFT step {s['start_step']}" if "start_step" in s else title
+
+
 def write_report(run_dir: Path, cfg: DemoConfig, summary: dict) -> Path:
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    pts = lambda v: "-" if v is None else f"{100 * v:+.1f}"  # noqa: E731
     lines = [
         "# posttrain demo report", "",
+        "![held-out accuracy by stage](accuracy_by_stage.png)", "",
         f"Task: `{cfg.task}`, model `{cfg.model}` (from scratch, seed {cfg.seed}), "
-        f"{cfg.eval_problems} held-out problems (disjoint from training by construction).", "",
-        "| stage | held-out accuracy before | after | steps | seconds |", "|---|---|---|---|---|",
+        f"{cfg.eval_problems} held-out problems (disjoint from training by construction), greedy exact match; "
+        f"{summary['seconds']:.0f} s in all.", "",
     ]
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    start = summary.get("start")
+    if start:
+        lines += [f"RPO and GRPO both start from the SFT model at step {start['step']} (held-out {pct(start['accuracy'])}, "
+                  f"the snapshot closest to {pct(cfg.mid_accuracy)}), not from the final SFT model. The control is SFT "
+                  "continued from that same snapshot (its optimizer state, schedule and data position: the SFT run going "
+                  "on as it did) for as many seconds as the stage took in all, its own evaluation not counted.", ""]
+    lines += ["| stage | starts from | before | after | gain (points) | steps | seconds | control: SFT, same time |",
+              "|---|---|---|---|---|---|---|---|"]
     for stage, s in summary["stages"].items():
-        lines.append(f"| {stage} | {pct(s.get('before'))} | {pct(s.get('accuracy'))} | {s.get('steps', '-')} | {s['seconds']:.0f} |")
+        origin = {"sft": "scratch", "scaling": f"SFT step {s.get('weak_step')}"}.get(stage, f"SFT step {s.get('start_step')}")
+        c = s.get("control")
+        control = f"{pct(c['accuracy'])} ({pts(c['gain'])}, {c['steps']} steps)" if c else "-"
+        gain = None if s.get("before") is None or s.get("accuracy") is None else s["accuracy"] - s["before"]
+        lines.append(f"| {stage} | {origin} | {pct(s.get('before'))} | {pct(s.get('accuracy'))} | {pts(gain)} | "
+                     f"{s.get('steps', '-')} | {s['seconds']:.0f} | {control} |")
     lines += ["", "![curves](curves.png)", ""]
     for stage, s in summary["stages"].items():
         for extra in s.get("report_lines", []):
@@ -133,66 +195,105 @@ def _rl_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
 
 
 class _SnapshotSFT(SFTTrainer):
-    """The SFT trainer, keeping in memory a copy of the weights every `every` steps between the last
-    evaluation below `target` held-out accuracy and the first at or above it, so that the scaling
-    stage can search with an earlier, weaker model of the same run (`weak_snapshot`)."""
+    """The SFT trainer, keeping in memory its training state (weights, optimizer, schedule, data
+    position) every `every` steps between the last evaluation below each of `targets` (name -> held-out
+    accuracy) and the first at or above it, so that later stages can start from an earlier, weaker
+    model of the same run (`snapshot(name)`) and SFT can be continued from there (`continue_from`)."""
 
-    def __init__(self, cfg: SFTConfig, keep: bool, every: int, target: float):
+    def __init__(self, cfg: SFTConfig, targets: dict[str, float], every: int):
         super().__init__(cfg)
-        self.keep, self.every, self.target = keep, every, target
-        self.snapshots: dict[int, dict] = {}  # step -> state dict
+        self.targets, self.every = dict(targets), every
+        self.snapshots: dict[int, dict] = {}  # step -> training state
         self.accuracy: dict[int, float] = {}  # step -> held-out greedy accuracy (evaluated steps)
-        self.passed = False  # an evaluation reached the target: later steps are further from it
+        self.windows = {name: [0, None] for name in self.targets}  # name -> [last eval step below, first at/above]
+
+    def _open(self) -> bool:
+        return any(hi is None for _, hi in self.windows.values())
+
+    def _state(self) -> dict:
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "opt": copy.deepcopy(self.opt.state_dict()), "sched": copy.deepcopy(self.sched.state_dict()),
+                "order": self.order.state(), "step": self.step}
+
+    def _load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(copy.deepcopy(state["opt"]))
+        self.sched.load_state_dict(copy.deepcopy(state["sched"]))
+        self.order = DataOrder(len(self.train_examples), self.cfg.train.seed, **state["order"])
+        self.step = state["step"]
 
     def _snap(self) -> None:
-        if self.keep and self.step not in self.snapshots:
-            self.snapshots[self.step] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.step not in self.snapshots:
+            self.snapshots[self.step] = self._state()
 
     def train_step(self) -> dict:
         m = super().train_step()
-        if self.step % self.every == 0 and not self.passed:
+        if self.step % self.every == 0 and self._open():
             self._snap()
         return m
 
     def evaluate(self) -> dict:
         m = super().evaluate()
         acc = m.get("eval/accuracy")
-        if self.keep and acc is not None and not self.passed:
+        if acc is not None and self._open():
             self._snap()
             self.accuracy[self.step] = acc
-            if acc < self.target:  # earlier snapshots are further from the target: drop them
-                self.snapshots = {s: w for s, w in self.snapshots.items() if s >= self.step}
-            self.passed = acc >= self.target
+            for name, window in self.windows.items():
+                if window[1] is None:
+                    window[1 if acc >= self.targets[name] else 0] = self.step
+            inside = lambda s: any(lo <= s and (hi is None or s <= hi) for lo, hi in self.windows.values())  # noqa: E731
+            self.snapshots = {s: w for s, w in self.snapshots.items() if inside(s)}
         return m
 
-    def weak_snapshot(self) -> tuple[int, float, dict]:
-        """(step, held-out greedy accuracy, state dict) of the kept step before the last whose accuracy
-        is closest to `target`; kept steps that were not evaluated are evaluated now."""
+    def _held_out_accuracy(self) -> float:
         from posttrain.trainers.common import exact_match_eval
 
-        final = copy.deepcopy(self.model.state_dict())
+        return exact_match_eval(self.model, self.tokenizer, self.answered, self.verify, self.cfg.sft.eval_max_new_tokens)["accuracy"]
+
+    def snapshot(self, name: str) -> tuple[int, float, dict]:
+        """(step, held-out greedy accuracy, training state) of the kept step before the last whose
+        accuracy is closest to target `name`; kept steps that were not evaluated are evaluated now."""
+        lo, hi = self.windows[name]
+        kept = [s for s in self.snapshots if lo <= s and (hi is None or s <= hi)]
+        final = self._state()
         try:
-            for step in sorted(set(self.snapshots) - set(self.accuracy)):
-                self.model.load_state_dict(self.snapshots[step])
-                self.accuracy[step] = exact_match_eval(self.model, self.tokenizer, self.answered, self.verify,
-                                                       self.cfg.sft.eval_max_new_tokens)["accuracy"]
+            for step in sorted(set(kept) - set(self.accuracy)):
+                self.model.load_state_dict(self.snapshots[step]["model"])
+                self.accuracy[step] = self._held_out_accuracy()
         finally:
-            self.model.load_state_dict(final)
-        kept = [s for s in self.snapshots if s < self.step] or list(self.snapshots)
-        step = min(kept, key=lambda s: (abs(self.accuracy[s] - self.target), -s))
+            self.model.load_state_dict(final["model"])
+        kept = [s for s in kept if s < self.step] or kept
+        step = min(kept, key=lambda s: (abs(self.accuracy[s] - self.targets[name]), -s))
         return step, self.accuracy[step], self.snapshots[step]
+
+    def continue_from(self, state: dict, budgets: dict[str, float]) -> dict[str, dict]:
+        """The control: SFT continued from `state` as the run went on from there, its held-out accuracy
+        taken when its training time passes each budget (name -> seconds; the evaluations are not
+        counted); the trainer's own state is restored after. Returns name -> accuracy, steps, seconds."""
+        final, out, trained = self._state(), {}, 0.0
+        try:
+            self._load(state)
+            for name, budget in sorted(budgets.items(), key=lambda kv: kv[1]):
+                while trained < budget:
+                    t = time.perf_counter()
+                    SFTTrainer.train_step(self)  # no snapshots here
+                    trained += time.perf_counter() - t
+                out[name] = {"accuracy": self._held_out_accuracy(), "steps": self.step - state["step"], "seconds": trained}
+        finally:
+            self._load(final)
+        return out
 
 
 def _scaling_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer, weak: tuple[int, float, dict]) -> dict:
     """Test-time scaling with a weak SFT checkpoint as the policy and a PRM from the final SFT model
-    (the module docstring); `model` is a copy of the final SFT model, `weak` = (step, accuracy, state)."""
+    (the module docstring); `model` is a copy of the final SFT model, `weak` = (step, accuracy, training state)."""
     from posttrain.eval.scaling import paired_comparison, scaling_markdown, scaling_table
     from posttrain.tasks import load_task_spec
     from posttrain.trainers.prm import PRMConfig, PRMOptions, PRMTrainer, task_prm_rows
 
     weak_step, weak_acc, state = weak
     policy = copy.deepcopy(model)
-    policy.load_state_dict(state)
+    policy.load_state_dict(state["model"])
     out = run_dir / "scaling"
     opts = PRMOptions(label_problems=cfg.scaling_label_problems, solutions_per_problem=cfg.scaling_solutions,
                       rollouts_per_step=cfg.scaling_rollouts, label_temperature=cfg.scaling_temperature,
@@ -269,6 +370,7 @@ def plot_rl(run_dir: Path, curves: dict) -> Path:
 
 
 STAGES = {"dpo": _dpo_stage, "rl": _rl_stage, "scaling": _scaling_stage}
+MID_STAGES = ("dpo", "rl")  # start from the mid-accuracy SFT snapshot, beside the continued-SFT control
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -279,33 +381,55 @@ def run_demo(cfg: DemoConfig) -> dict:
     if (used or (run_dir / "summary.json").exists()) and not cfg.overwrite:
         raise UserError(f"{run_dir} already holds a demo run ({', '.join(used) or 'summary.json'}); "
                         "pass --overwrite true to replace it, or pick another --out")
+    unknown = [s for s in cfg.stages if s != "sft" and s not in STAGES]
+    if unknown:
+        raise ValueError(f"demo stage '{unknown[0]}' is not one of: sft, {', '.join(STAGES)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"demo config: {json.dumps(dataclasses.asdict(cfg))}")
     summary: dict = {"config": dataclasses.asdict(cfg), "stages": {}}
     t0 = time.perf_counter()
-    sft = _SnapshotSFT(_sft_config(cfg, run_dir), "scaling" in cfg.stages, cfg.scaling_snapshot_every, cfg.scaling_weak_accuracy)
+    targets = {"mid": cfg.mid_accuracy} if {"dpo", "rl"} & set(cfg.stages) else {}
+    if "scaling" in cfg.stages:
+        targets["weak"] = cfg.scaling_weak_accuracy
+    sft = _SnapshotSFT(_sft_config(cfg, run_dir), targets, cfg.snapshot_every)
     before = sft.evaluate().get("eval/accuracy")
     result = sft.train()
     summary["stages"]["sft"] = {"accuracy": result.get("eval/accuracy"), "before": before, "steps": sft.step,
                                 "seconds": time.perf_counter() - t0, "checkpoint": result["checkpoint"]}
     tokenizer = sft.tokenizer
     metrics = {"sft": read_metrics(run_dir / "sft" / "metrics.jsonl")}
+    mid = sft.snapshot("mid") if "mid" in targets else None
+    if mid is not None:
+        summary["start"] = {"step": mid[0], "accuracy": mid[1]}
+        console.print(f"demo: dpo and rl start from SFT step {mid[0]} (held-out {100 * mid[1]:.1f}%)")
     for name in cfg.stages:
         if name == "sft":
             continue
-        if name not in STAGES:
-            raise ValueError(f"demo stage '{name}' is not one of: sft, {', '.join(STAGES)}")
         t1 = time.perf_counter()
-        model = copy.deepcopy(sft.model)  # every later stage starts from the SFT model, side by side
-        extra = (sft.weak_snapshot(),) if name == "scaling" else ()
-        summary["stages"][name] = {**STAGES[name](cfg, run_dir, model, tokenizer, *extra), "seconds": time.perf_counter() - t1}
+        model = copy.deepcopy(sft.model)  # the final SFT model (the scaling stage's PRM backbone) ...
+        if name in MID_STAGES:
+            model.load_state_dict(mid[2]["model"])  # ... or the mid-accuracy snapshot, for dpo and rl
+        extra = (sft.snapshot("weak"),) if name == "scaling" else ()
+        s = summary["stages"][name] = {**STAGES[name](cfg, run_dir, model, tokenizer, *extra), "seconds": time.perf_counter() - t1}
+        if name in MID_STAGES:
+            s.update(start_step=mid[0], gain=None if s["accuracy"] is None or s["before"] is None else s["accuracy"] - s["before"])
         if (run_dir / name / "metrics.jsonl").exists():
             metrics[name] = read_metrics(run_dir / name / "metrics.jsonl")
-    plot_curves(run_dir, metrics)
+    timed = {n: s["seconds"] for n, s in summary["stages"].items() if n in MID_STAGES}
+    if timed:
+        console.print(f"demo: control, SFT continued from step {mid[0]} for {', '.join(f'{n} {t:.0f} s' for n, t in timed.items())}")
+        t2 = time.perf_counter()
+        for n, c in sft.continue_from(mid[2], timed).items():
+            summary["stages"][n]["control"] = {**c, "gain": c["accuracy"] - mid[1]}
+        summary["control_seconds"] = time.perf_counter() - t2
+    summary["seconds"] = time.perf_counter() - t0
+    plot_curves(run_dir, metrics, {n: mid[0] for n in MID_STAGES} if mid is not None else {})
+    plot_accuracy_by_stage(run_dir, summary)
     report = write_report(run_dir, cfg, summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"demo done in {time.perf_counter() - t0:.0f}s: report {report}")
+    console.print(f"demo done in {summary['seconds']:.0f}s: report {report}")
     for stage, s in summary["stages"].items():
-        acc = s.get("accuracy")
-        console.print(f"  {stage:<8} accuracy {'-' if acc is None else f'{100 * acc:.1f}%'}")
+        acc, c = s.get("accuracy"), s.get("control")
+        console.print(f"  {stage:<8} accuracy {'-' if acc is None else f'{100 * acc:.1f}%'}"
+                      + (f" (from {100 * s['before']:.1f}%; continued SFT for the same time: {100 * c['accuracy']:.1f}%)" if c else ""))
     return summary

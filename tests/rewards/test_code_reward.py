@@ -225,3 +225,24 @@ def test_mbpp_tests_get_the_modules_the_program_imports_not_the_program():
     assert run_tests("import math\ndef area(r):\n    return math.pi * r * r\n", tests).passed == 2
     forger = "class math:\n    isclose = staticmethod(lambda *a, **k: True)\ndef area(r):\n    return 1\n"
     assert run_tests(forger, tests).passed == 0  # a `math` of its own is a proxy returning plain data: no isclose
+
+
+@needs_sandbox
+def test_call_based_cases_of_one_program_share_one_run_and_keep_their_own_verdicts():
+    from posttrain.sandbox import LocalSandbox
+
+    class Counting(LocalSandbox):
+        runs = 0
+
+        def run(self, **job):
+            Counting.runs += 1
+            return super().run(**job)
+
+    half = "def add(a, b):\n    return a + b if not isinstance(a, list) else 0\n"  # right on 2 of the 3 cases
+    rep = run_tests(half, CALL, sandbox=Counting())
+    assert Counting.runs == 1
+    assert (rep.passed, rep.total) == (2, 3) and "case 1" in rep.errors[0]
+    # a program that hangs on its second call fails the calls it did not answer, not the first
+    slow = "def add(a, b):\n    if isinstance(a, list):\n        while True: pass\n    return a + b\n"
+    rep = run_tests(slow, CALL, sandbox=Counting(), timeout_s=1.0)
+    assert rep.passed == 1 and rep.timeouts >= 1

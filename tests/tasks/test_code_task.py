@@ -1,5 +1,6 @@
 """The built-in code task: deterministic rows, a held-out split disjoint by function, HumanEval-style
 tests that the reference passes and a near miss fails, run in the sandbox."""
+import json
 import pytest
 
 from posttrain.config import ConfigError
@@ -25,7 +26,10 @@ def test_rows_are_deterministic_short_and_carry_humaneval_columns():
         assert r["entry_point"] == "f" and r["test"] == r["answer"] and r["test"].startswith("def check(candidate):\n")
         assert r["test"].count("assert candidate(") == 4
     r = task.eval_rows(1)[0]
-    assert set(r) == {"prompt", "answer", "test", "entry_point"}
+    assert set(r) == {"prompt", "answer", "test", "entry_point", "input_output"}
+    io = json.loads(r["input_output"])  # the same cases, call-based
+    assert io["fn_name"] == "f" and len(io["inputs"]) == 4
+    assert all(f"assert candidate({x}) == {y}" in r["test"] for (x,), y in zip(io["inputs"], io["outputs"]))
 
 
 def test_prompt_values_and_tests_follow_the_reference_function():

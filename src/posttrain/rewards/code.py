@@ -35,8 +35,8 @@ verdict never comes from a process it has run in:
 - **stdin/stdout**: one sandbox run per case. The expected output never enters the sandbox; the
   parent compares (lines right-stripped, leading/trailing blank lines dropped, exact match).
   Printing "all tests passed", exiting 0 early or patching anything changes only its own stdout.
-- **call-based** (APPS ``fn_name``, LiveCodeBench functional): one run per case of a fixed harness
-  that loads ``solution.py`` and calls the function. The return value is encoded in the child into
+- **call-based** (APPS ``fn_name``, LiveCodeBench functional): one run of a fixed harness that
+  loads ``solution.py`` and calls the function once per case (each call's result its own record). The return value is encoded in the child into
   plain JSON by exact type (``type(x) is list``...: an object with an always-true ``__eq__``, or any
   subclass, is refused) and decoded and compared with the expected value **in the parent**, where no
   program object exists (so no ``__eq__`` of the program decides). The expected values are never in
@@ -63,8 +63,8 @@ verdict never comes from a process it has run in:
 Limits: arguments and results must be plain values (no callables, no class instances); in-place
 mutation of arguments is not seen by the test; a result over 8000 encoded characters fails its case.
 
-Cost: a stdin or call-based case is one sandbox run; an assert-style test set is one run per case
-plus two (or more) runs of the test code (`benchmarks/sandbox_overhead.py`).
+Cost: a stdin case is one sandbox run; a program's call-based cases share one run; an assert-style
+test set is one run per case plus two (or more) runs of the test code (`benchmarks/sandbox_overhead.py`).
 
 Departures: DeepCoder, SkyRL and verl's PRIME/APPS harness run assert-style and call-based checks in
 the program's own process (``reliability_guard``), so a program can patch them; TACO/APPS's
@@ -175,35 +175,48 @@ def _call_records(res: RunResult, nonce: str, n_calls: int) -> list[dict]:
 
 
 def _run_io(program: str, spec: dict, pool: SandboxPool, timeout_s: float, max_tests: int, stop_on_fail: bool):
+    """stdin cases: one sandbox run each. Call-based cases: all in one run of the harness (each call's
+    result is its own record, decoded and compared here), which is as safe as a run per case: the
+    program can only change what its own calls return. A run that dies or times out fails the calls
+    it did not answer."""
     cases = spec["cases"][:max_tests]
-    passed = timeouts = 0
-    errors: list[str] = []
-    step = pool.max_workers if stop_on_fail else len(cases) or 1
-    for start in range(0, len(cases), step):
-        chunk = cases[start:start + step]
-        jobs, nonces = [], []
-        for mode, inp, _ in chunk:
-            if mode == "stdin":
-                jobs.append({"code": program, "stdin": inp, "timeout_s": timeout_s, "memory_mb": MEMORY_MB})
-                nonces.append(None)
+    calls = [k for k, c in enumerate(cases) if c[0] == "call"]
+    verdicts: dict[int, tuple[bool, str, bool]] = {}
+    jobs, keys = [], []  # keys: a stdin case index, or ("calls", nonce)
+    for k, (mode, inp, _) in enumerate(cases):
+        if mode == "stdin":
+            jobs.append({"code": program, "stdin": inp, "timeout_s": timeout_s, "memory_mb": MEMORY_MB})
+            keys.append(k)
+    if calls:
+        nonce = secrets.token_hex(16)
+        batch = [[spec["fn"], codec.encode(cases[k][1]), codec.encode({})] for k in calls]
+        jobs.append({"code": candidate_program(nonce, batch), "files": {"solution.py": program},
+                     "timeout_s": timeout_s * len(calls), "memory_mb": MEMORY_MB})
+        keys.append(("calls", nonce))
+    step = pool.max_workers if stop_on_fail else len(jobs) or 1
+    for start in range(0, len(jobs), step):
+        for key, res in zip(keys[start:start + step], pool.map(jobs[start:start + step])):
+            if isinstance(key, int):
+                verdicts[key] = _judge_io("stdin", cases[key][2], res, None)
             else:
-                nonce = secrets.token_hex(16)
-                calls = [[spec["fn"], codec.encode(inp), codec.encode({})]]
-                jobs.append({"code": candidate_program(nonce, calls), "files": {"solution.py": program},
-                             "timeout_s": timeout_s, "memory_mb": MEMORY_MB})
-                nonces.append(nonce)
-        failed = False
-        for k, ((mode, _, want), res, nonce) in enumerate(zip(chunk, pool.map(jobs), nonces)):
-            ok, why, timed_out = _judge_io(mode, want, res, nonce)
-            passed += ok
-            timeouts += timed_out
-            if not ok:
-                failed = True
-                if len(errors) < MAX_ERRORS:
-                    errors.append(f"case {start + k}: {why}")
-        if failed and stop_on_fail:
+                for k, rec in zip(calls, _call_records(res, key[1], len(calls))):
+                    verdicts[k] = _judge_call(rec, cases[k][2])
+        if stop_on_fail and any(not v[0] for v in verdicts.values()):
             break
+    passed = sum(v[0] for v in verdicts.values())
+    timeouts = sum(v[2] for v in verdicts.values())
+    errors = [f"case {k}: {v[1]}" for k, v in sorted(verdicts.items()) if not v[0]][:MAX_ERRORS]
     return TestReport(passed, len(cases), False, timeouts, errors)
+
+
+def _judge_call(rec: dict, want) -> tuple[bool, str, bool]:
+    """(passed, why not, timed out) for one call-based case from its record, decided here in the parent."""
+    if "ok" not in rec:
+        why = rec.get("missing") or ("timeout" if "timeout" in rec else ": ".join(rec.get("err", ["error"])))
+        return False, why, "timeout" in rec
+    got = codec.decode(rec["ok"])
+    ok = _same(got, want) or (type(want) is list and len(want) == 1 and _same(got, want[0]))  # APPS wraps outputs
+    return (True, "", False) if ok else (False, "wrong result", False)
 
 
 def _judge_io(mode: str, want, res: RunResult, nonce) -> tuple[bool, str, bool]:
@@ -212,13 +225,7 @@ def _judge_io(mode: str, want, res: RunResult, nonce) -> tuple[bool, str, bool]:
         if res.status != "ok":
             return False, res.reason, res.timed_out
         return (True, "", False) if _normalize_output(res.stdout) == _normalize_output(str(want)) else (False, "wrong output", False)
-    rec = _call_records(res, nonce, 1)[0]
-    if "ok" not in rec:
-        why = rec.get("missing") or ("timeout" if "timeout" in rec else ": ".join(rec.get("err", ["error"])))
-        return False, why, "timeout" in rec
-    got = codec.decode(rec["ok"])
-    ok = _same(got, want) or (type(want) is list and len(want) == 1 and _same(got, want[0]))  # APPS wraps outputs
-    return (True, "", False) if ok else (False, "wrong result", False)
+    return _judge_call(_call_records(res, nonce, 1)[0], want)
 
 
 def _run_assert(program: str, tree: ast.Module, spec: dict, pool: SandboxPool, timeout_s: float, max_tests: int,

@@ -26,6 +26,7 @@ on, whatever its prompt. With the default options there are 819 functions, about
 """
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 
@@ -95,16 +96,24 @@ class Code(Task):
     def prompt_text(self, expr: str) -> str:
         return " ".join(f"{ENTRY_POINT}({x})={_value(expr, x)}" for x in range(self.shown))
 
-    def test_code(self, expr: str) -> str:
-        """The held-out test of one function: `tests` inputs not in the prompt, fixed by the function."""
+    def test_cases(self, expr: str) -> list[tuple[int, int]]:
+        """The held-out cases of one function: `tests` inputs not in the prompt, fixed by the function."""
         rng = random.Random(f"code-test:{expr}")
         xs = rng.sample([x for x in TEST_INPUTS if not 0 <= x < self.shown], self.tests)
-        return check_code([(x, _value(expr, x)) for x in xs])
+        return [(x, _value(expr, x)) for x in xs]
+
+    def test_code(self, expr: str) -> str:
+        return check_code(self.test_cases(expr))
 
     def _row(self, expr: str) -> dict:
-        test = self.test_code(expr)
+        """HumanEval-style ``test`` + ``entry_point`` columns, and the same cases call-based in
+        ``input_output`` (APPS's ``fn_name`` form: one sandbox run for all of a program's cases
+        instead of record / replay; `code_reward(..., input_output=...)` uses it)."""
+        cases = self.test_cases(expr)
+        test = check_code(cases)
+        io = json.dumps({"fn_name": ENTRY_POINT, "inputs": [[x] for x, _ in cases], "outputs": [y for _, y in cases]})
         return {"prompt": [{"role": "user", "content": self.prompt_text(expr)}], "answer": test,
-                "test": test, "entry_point": ENTRY_POINT}
+                "test": test, "entry_point": ENTRY_POINT, "input_output": io}
 
     def sft_rows(self, n, seed=0, held_out=False):
         return [{**self._row(e), "completion": [{"role": "assistant", "content": program(e)}]}

@@ -27,6 +27,10 @@ Departures / choices:
 - With ``mask_truncated``, a truncated completion is not a sequence of the update: the per-sequence
   reducers divide by the number of sequences with a trained token (as verl's ``agg_loss``); counting
   the masked rows used to shrink every update by the share kept.
+- Environments (``rl.env``, `posttrain.envs`): a group is ``samples_per_prompt`` multi-turn episodes on
+  one env row (seed); the environment owns the reward; env / tool tokens sit in the sequence with
+  mask 0 (attended, never trained, no advantage, no KL); per-turn rewards reach turn-level estimators
+  (``turn_discounted``) as a per-token stream. See `posttrain.rollout.multiturn`.
 - ``whiten_advantages`` (PPO) whitens over the trained tokens; set on a sequence-level estimator, it
   now whitens that advantage spread over its tokens (it used to be ignored silently).
 - Speed only, same values (tested): rollouts go through the lean Llama-family decoder
@@ -70,7 +74,7 @@ from posttrain.trainers.common import (
 from posttrain.trainers.curriculum import admit, make_sampler
 from posttrain.trainers.rl_batch import (
     RolloutBatch, ValueModel, batched_no_grad, build_reward_fns, collate_completions, is_empty_prompt,
-    load_prm_scorer, policy_forward, prm_step_scores, prompt_text, score,
+    load_prm_scorer, policy_forward, policy_mask, prm_step_scores, prompt_text, score, token_reward_stream,
 )
 from posttrain.trainers.rl_config import RLConfig, RLOptions, algorithm_of  # noqa: F401 (RLOptions re-exported)
 from posttrain.trainers.rl_update import UpdateSpec, health_warnings, merge_stats, mismatch_stats, step_advantages, update_value
@@ -109,6 +113,7 @@ class RLTrainer:
                               f"{self.kind.min_samples_per_prompt} ({self.kind.why})")
         self.resume_from = prepare_run(cfg, "rl", (cfg.model.name, c.prm_model))
         seed_everything(cfg.train.seed)
+        self.env = self._build_env() if c.env else None
         self._raw_rows = self._read_rows()  # the data first: a bad row is reported before any model is loaded
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
@@ -147,6 +152,8 @@ class RLTrainer:
     def _load_data(self, reward_fns, eval_src=None) -> None:
         cfg, c = self.cfg, self.cfg.rl
         rows, self.task, self.load_counts = self._raw_rows
+        if self.env is not None:
+            return self._load_env_data(rows)
         max_prompt = cfg.data.max_length - c.max_new_tokens
         self.rows, self.prompt_ids = [], []
         for ex in rows:
@@ -172,8 +179,31 @@ class RLTrainer:
         if c.reward_band and not (len(c.reward_band) == 2 and c.reward_band[0] <= c.reward_band[1]):
             raise ConfigError(f"rl.reward_band: expected lo,hi with lo <= hi, got {','.join(map(str, c.reward_band))}")
 
+    def _build_env(self):
+        """The run's environment (``rl.env``; `posttrain.envs.training.env_rollouts_for`)."""
+        from posttrain.envs.training import env_rollouts_for
+
+        if self.needs is not None and self.needs.baseline_rollout or self.cfg.rl.prm_model or self.kind.whole_groups:
+            raise ConfigError("rl.env: ReMax baselines, PRM rewards and online_dpo are not supported with environments yet")
+        return env_rollouts_for(self.cfg, self._train_src)
+
+    def _load_env_data(self, rows) -> None:
+        """Env rows: prompts come from ``reset`` at rollout time, the env owns the reward."""
+        cfg, c = self.cfg, self.cfg.rl
+        self.rows, self.prompt_ids = list(rows), [[] for _ in rows]
+        if not self.rows:
+            raise ConfigError(f"rl.env '{c.env}': no rows")
+        fmt = self.env.bind(self.tokenizer)
+        if not fmt.append_only:
+            warn(f"rl.env: the chat template is not append-only ({fmt.reason}); every turn is its own training sample")
+        self.reward_fns, self.eval_rows, self.verify = [], [], default_verifier(None)
+        self.sampler = make_sampler(c.sampler, len(self.rows), cfg.train.seed, c.curriculum_ema, c.curriculum_prior,
+                                    c.curriculum_floor)
+
     def _read_rows(self):
         """(examples, task, counts of rows skipped at load by reason) for the rl split."""
+        if self.env is not None:
+            return self.env.examples(), None, Counter()
         rows, task, report = read_split(self.cfg.data, "rl", source=self._train_src)
         if report is None:  # task data
             return rows, task, Counter()
@@ -257,6 +287,24 @@ class RLTrainer:
         outs = self.engine.generate([self.prompt_ids[i] for i in idx], params)
         return idx, outs
 
+    def _sample_env(self, n_prompts: int, round_: int, m: dict):
+        """Episodes of ``samples_per_prompt`` sessions on each of `n_prompts` env rows: (row indices,
+        training samples per group, their rewards per group, None); env metrics and failures into `m`."""
+        c = self.cfg.rl
+        idx = self.sampler.take(n_prompts)
+        params = SamplingParams(n=1, temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_new_tokens,
+                                stop=tuple(c.stop), seed=self.cfg.train.seed * 1_000_003 + self.step_num * 97 + round_)
+        outs, em = self.env.rollout(self.engine, self.tokenizer, idx, c.samples_per_prompt, params)
+        m.update(em)  # the last sampling round's env metrics
+        failed = {k: em[f"env/{k}"] for k in ("env_error", "env_timeout", "env_garbage") if em.get(f"env/{k}")}
+        for k, v in failed.items():
+            self.counts[k] += v
+        if failed:
+            totals = {k: self.counts[k] for k in failed}
+            self._warn("env_failures", f"environment failures {failed}: those episodes score 0 (so far {totals})")
+        rewards = [torch.tensor([e.reward for e in group], dtype=torch.float32) for group in outs]
+        return idx, outs, rewards, None
+
     def collect(self, m: dict) -> RolloutBatch | None:
         """Rollout and score groups; with dynamic sampling keep only groups with reward spread.
 
@@ -269,15 +317,21 @@ class RLTrainer:
             need = c.prompts_per_step - len(kept)
             if need <= 0:
                 break
-            idx, outs = self._sample(need, round_)
-            flat = [comp for group in outs for comp in group]
-            rows = [self.rows[i] for i in idx for _ in range(c.samples_per_prompt)]
-            out = score(self.reward_fns, rows, flat, c.reward_timeout_s, trl_shapes=self.task is None)
-            self._count_reward_failures(out, stats)
+            if self.env is not None:
+                idx, outs, groups, out = self._sample_env(need, round_, m)
+            else:
+                idx, outs = self._sample(need, round_)
+                flat = [comp for group in outs for comp in group]
+                rows = [self.rows[i] for i in idx for _ in range(c.samples_per_prompt)]
+                out = score(self.reward_fns, rows, flat, c.reward_timeout_s, trl_shapes=self.task is None)
+                self._count_reward_failures(out, stats)
+                groups = [out.total[g * c.samples_per_prompt : (g + 1) * c.samples_per_prompt] for g in range(len(idx))]
             stats["sampled_groups"] += len(idx)
-            groups = [out.total[g * c.samples_per_prompt : (g + 1) * c.samples_per_prompt] for g in range(len(idx))]
             self.sampler.observe(idx, [float(r.mean()) for r in groups])
             for g, (i, r) in enumerate(zip(idx, groups)):
+                if len(r) == 0:  # every episode of the group failed before its first token
+                    stats["dropped_groups"] += 1
+                    continue
                 refused = admit(r, alg.dynamic_sampling, c.min_reward_spread, tuple(c.reward_band))
                 self._log_prompt(i, r, refused is None)
                 if refused is not None:
@@ -297,13 +351,15 @@ class RLTrainer:
 
     def _make_batch(self, kept, m: dict) -> RolloutBatch:
         c = self.cfg.rl
-        rows = [self.rows[i] for i, *_ in kept for _ in range(c.samples_per_prompt)]
-        prompt_ids = [self.prompt_ids[i] for i, *_ in kept for _ in range(c.samples_per_prompt)]
+        rows = [self.rows[i] for i, group, *_ in kept for _ in group]
+        prompt_ids = [getattr(comp, "prompt_ids", None) or self.prompt_ids[i] for i, group, *_ in kept for comp in group]
         completions = [comp for _, group, *_ in kept for comp in group]
         ids, tmask, lmask, rlp, trunc = collate_completions(completions, self.pad_id, self.alg.mask_truncated)
-        groups = torch.arange(len(kept)).repeat_interleave(c.samples_per_prompt)
+        groups = torch.arange(len(kept)).repeat_interleave(torch.tensor([len(group) for _, group, *_ in kept]))
         rewards = torch.cat([r for _, _, r, _ in kept])
         batch = RolloutBatch(rows, prompt_ids, completions, ids, tmask, lmask, rlp, trunc, groups, rewards)
+        batch.policy_mask = policy_mask(completions, ids.shape[1])  # multi-turn: env tokens are not the policy's
+        batch.token_rewards = token_reward_stream(completions, ids.shape[1])
         if self.needs is not None and self.needs.baseline_rollout:  # ReMax: a greedy rollout per prompt
             batch.baseline = self._greedy_baseline([i for i, *_ in kept]).repeat_interleave(c.samples_per_prompt)
         m.update(self._batch_stats(batch))

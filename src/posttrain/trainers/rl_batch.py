@@ -40,6 +40,10 @@ class RolloutBatch:
     rewards: (N,) the combined reward; baseline: (N,) greedy-rollout reward (ReMax) or None.
     step_scores / step_mask: (N, T) float / bool, a process reward model's score (probability that the
       step is correct) at each step's last token, when the trainer has a PRM; None otherwise.
+    policy_mask: (N, T) bool, the tokens the policy sampled (multi-turn: env / tool tokens are False;
+      they are context, never trained); None: all of token_mask. loss_mask already excludes them.
+    token_rewards: (N, T) float, an environment's per-turn rewards at each turn's last token (sums
+      to rewards); None for single-turn prompts.
     Filled later in the step: old_logp / ref_logp / values (N, T), advantages (N,) or (N, T), returns.
     """
 
@@ -56,6 +60,8 @@ class RolloutBatch:
     baseline: torch.Tensor | None = None
     step_scores: torch.Tensor | None = None
     step_mask: torch.Tensor | None = None
+    policy_mask: torch.Tensor | None = None
+    token_rewards: torch.Tensor | None = None
     old_logp: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     values: torch.Tensor | None = None
@@ -65,6 +71,11 @@ class RolloutBatch:
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
+
+    @property
+    def sampled_mask(self) -> torch.Tensor:
+        """The policy-sampled tokens: `policy_mask`, or `token_mask` when there is none."""
+        return self.token_mask if self.policy_mask is None else self.policy_mask
 
 
 def prompt_text(ex: Example) -> str:
@@ -172,14 +183,36 @@ def build_reward_fns(names: str, weights: dict, task) -> list[tuple[Callable, fl
 
 
 def collate_completions(completions: list[Completion], pad_id: int, mask_truncated: bool):
-    """(completion ids, token_mask, loss_mask, rollout logprobs, truncated) padded to the longest."""
+    """(completion ids, token_mask, loss_mask, rollout logprobs, truncated) padded to the longest.
+
+    token_mask: the tokens that exist (attended); loss_mask: those trained, which excludes tokens a
+    tool or an environment injected (`Completion.token_mask` 0, see `policy_mask`)."""
     T = max(1, max(len(c.token_ids) for c in completions))
     ids = torch.tensor([c.token_ids + [pad_id] * (T - len(c.token_ids)) for c in completions], dtype=torch.long)
     lp = torch.tensor([list(c.logprobs) + [0.0] * (T - len(c.logprobs)) for c in completions], dtype=torch.float32)
     mask = torch.arange(T).unsqueeze(0) < torch.tensor([len(c.token_ids) for c in completions]).unsqueeze(1)
     truncated = torch.tensor([c.finish_reason == "length" for c in completions], dtype=torch.bool)
     loss_mask = mask & ~truncated.unsqueeze(-1) if mask_truncated else mask.clone()
+    sampled = policy_mask(completions, T)
+    if sampled is not None:
+        loss_mask &= sampled
     return ids, mask, loss_mask, lp, truncated
+
+
+def policy_mask(completions: list[Completion], T: int) -> torch.Tensor | None:
+    """(N, T) bool, True on policy-sampled tokens (`Completion.mask()`); None when every token is."""
+    masks = [c.mask() for c in completions]
+    if all(all(m) for m in masks):
+        return None
+    return torch.tensor([[bool(x) for x in m] + [False] * (T - len(m)) for m in masks], dtype=torch.bool)
+
+
+def token_reward_stream(completions: list[Completion], T: int) -> torch.Tensor | None:
+    """(N, T) per-token rewards of multi-turn episodes (`Episode.token_rewards`); None when none has one."""
+    if not any(hasattr(c, "token_rewards") for c in completions):
+        return None
+    rows = [list(c.token_rewards()) if hasattr(c, "token_rewards") else [0.0] * len(c.token_ids) for c in completions]
+    return torch.tensor([r + [0.0] * (T - len(r)) for r in rows], dtype=torch.float32)
 
 
 def _left_padded(prompt_ids: list[list[int]], pad_id: int):

@@ -87,7 +87,7 @@ def update_policy(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pa
             loss = loss + alg.entropy_coef * aggregate(term, m, alg.reducer, **red)
         st.update(est)
         if batch.old_logp is None:  # fused: these are the old-policy logprobs; compare with the engine's
-            st.update(_mismatch(logp.detach(), batch.rollout_logp[mb], batch.token_mask[mb]))
+            st.update(_mismatch(logp.detach(), batch.rollout_logp[mb], batch.sampled_mask[mb]))
         loss.backward()
         st["loss"] = loss.detach()
         _accumulate(total, st, float(m.sum()))
@@ -101,7 +101,7 @@ def _mismatch(trainer_logp, rollout_logp, mask) -> dict:
 
 
 def mismatch_stats(trainer_logp, batch: RolloutBatch) -> dict:
-    return {k: float(v) for k, v in _mismatch(trainer_logp, batch.rollout_logp, batch.token_mask).items()}
+    return {k: float(v) for k, v in _mismatch(trainer_logp, batch.rollout_logp, batch.sampled_mask).items()}
 
 
 def kl_shaped_rewards(alg: Algorithm, rewards, old_logp, ref_logp, token_mask):
@@ -138,26 +138,36 @@ def step_advantages(alg: Algorithm, batch: RolloutBatch, prm_coef: float = 1.0, 
     enter the token rewards of estimators that take them, else as `process_advantages` beside the
     outcome advantage. ``whiten_advantages`` whitens over the trained tokens (PPO); a sequence-level
     advantage is first spread over its tokens (it used to be left unwhitened, silently).
+
+    Multi-turn episodes: every mask here is the policy-token mask (`RolloutBatch.sampled_mask`), so
+    env / tool tokens carry no KL and no advantage; a turn-level estimator (`EstimatorNeeds.turn_rewards`)
+    gets the env's per-turn rewards in the token rewards and only the rest of the reward at the end;
+    the others see the episode's (trajectory-level) reward.
     """
     m: dict = {}
     needs = estimator_needs(alg.estimator)
     steps = batch.step_scores is not None
+    mask = batch.sampled_mask  # policy tokens: env / tool tokens of a multi-turn episode get no advantage
     rewards, token_rewards = batch.rewards, None
     if alg.kl_placement == "reward" and batch.ref_logp is not None:
-        rewards, token_rewards, m["kl_in_reward"] = kl_shaped_rewards(alg, batch.rewards, batch.old_logp, batch.ref_logp, batch.token_mask)
+        rewards, token_rewards, m["kl_in_reward"] = kl_shaped_rewards(alg, batch.rewards, batch.old_logp, batch.ref_logp, mask)
     if steps and needs.token_rewards:  # Math-Shepherd: step scores in the token-level reward
         token_rewards = prm_token_rewards(token_rewards, batch.step_scores, batch.step_mask, prm_coef, prm_baseline)
+    if batch.token_rewards is not None and needs.turn_rewards:  # an env's per-turn rewards, where they happened
+        stream = batch.token_rewards * mask
+        token_rewards = stream if token_rewards is None else token_rewards + stream
+        rewards = rewards - stream.sum(-1)  # the rest (penalties, KL) stays at the last token
     adv, ret = compute_advantages(
         alg.estimator, rewards, batch.group_ids, baseline_rewards=batch.baseline, values=batch.values,
-        token_rewards=token_rewards, mask=batch.token_mask, gamma=alg.gamma, lam=alg.lam,
+        token_rewards=token_rewards, mask=mask, gamma=alg.gamma, lam=alg.lam,
     )
     if steps and not needs.token_rewards:  # DeepSeekMath process supervision beside the outcome advantage
-        proc = process_advantages(batch.step_scores, batch.step_mask, batch.group_ids, mask=batch.token_mask,
+        proc = process_advantages(batch.step_scores, batch.step_mask, batch.group_ids, mask=mask,
                                   scale_by_std=needs.process_std)
-        adv = expand_to_tokens(adv, batch.token_mask) + prm_coef * proc
-        m["prm/advantage_abs_mean"] = float(masked_mean(proc.abs(), batch.token_mask))
+        adv = expand_to_tokens(adv, mask) + prm_coef * proc
+        m["prm/advantage_abs_mean"] = float(masked_mean(proc.abs(), mask))
     if alg.whiten_advantages:
-        adv = whiten(expand_to_tokens(adv, batch.token_mask), batch.loss_mask)
+        adv = whiten(expand_to_tokens(adv, mask), batch.loss_mask)
     batch.advantages, batch.returns = adv, ret
     m["advantage_abs_mean"] = float(adv.abs().mean())
     return m

@@ -1,0 +1,114 @@
+"""Environment episodes for the online RL trainer (``posttrain rl --rl.env NAME``).
+
+Rows are the environment's seeds (`posttrain.envs.env_rows`), or the data rows when ``data.path``
+is a file (each row's fields go to ``reset``). A GRPO group is ``samples_per_prompt`` episodes on one
+row (one env seed); the trajectory-level reward is the episode's; env / tool tokens are in the
+sequence with mask 0 (no loss, no gradient, no advantage); each turn's reward sits at the turn's last
+token (`Episode.token_rewards`) for a turn-level estimator such as ``turn_discounted``.
+
+Departure from TRL's ``environment_factory``: the environment's ``reward()`` is the reward (no reward
+function over the completions), and the trainer's ``rl.reward`` functions are not used with an env.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+from posttrain.data import Example
+from posttrain.envs.base import EnvFailure, EnvSession, env_factory, env_rows, make_session
+from posttrain.rollout.base import SamplingParams
+from posttrain.rollout.multiturn import Episode, EpisodeLimits, TurnFormat, run_episodes, turn_format
+
+COUNTED = ("tool_calls", "tool_errors", "malformed_calls", "truncated_outputs", "split_samples",
+           "env_error", "env_timeout", "env_garbage")
+FAILURES = ("env_error", "env_timeout", "env_garbage")
+
+
+class _Broken(EnvSession):
+    """The session of an environment whose constructor failed: the episode fails at ``open``."""
+
+    def __init__(self, failure: EnvFailure):
+        super().__init__(None)
+        self.failure = failure
+
+    def open(self, row):
+        raise self.failure
+
+    def close(self) -> None:
+        pass
+
+
+class EnvRollouts:
+    """Rows, sessions and episodes of one environment for the trainer.
+
+    `spec`: a registered name with options (``guess:high=16``) or an environment class.
+    `data_rows`: rows for ``reset`` (from data); None: `n_rows` seeded rows from the environment."""
+
+    def __init__(self, spec: str | Callable[[], Any], n_rows: int, seed: int, limits: EpisodeLimits,
+                 timeout_s: float = 10.0, data_rows: list[dict] | None = None):
+        self.spec, self.limits, self.timeout_s = spec, limits, timeout_s
+        self.factory = env_factory(spec)
+        self.rows = list(data_rows) if data_rows is not None else env_rows(self.factory, n_rows, seed)
+        self.fmt: TurnFormat | None = None
+
+    def examples(self) -> list[Example]:
+        """One `Example` per row (for the trainer's sampler, logs and display): the row in ``extra``."""
+        name = self.spec if isinstance(self.spec, str) else getattr(self.spec, "__name__", "env")
+        return [Example(kind="prompt_only", conversational=False, prompt=f"{name} {row}", extra={"env_row": row},
+                        where=f"{name}[{i}]") for i, row in enumerate(self.rows)]
+
+    def bind(self, tokenizer) -> TurnFormat:
+        """Find how the chat template appends env turns (once); returns the `TurnFormat`."""
+        self.fmt = turn_format(tokenizer, self.limits.env_role)
+        return self.fmt
+
+    def _session(self) -> EnvSession:
+        try:
+            return make_session(self.factory, self.timeout_s)
+        except EnvFailure as e:
+            return _Broken(e)
+
+    def rollout(self, engine, tokenizer, idx: list[int], per_row: int, params: SamplingParams):
+        """(groups, metrics): for each row index in `idx`, the training samples of `per_row` episodes
+        (an episode with no token, failed at reset, is left out and counted)."""
+        fmt = self.fmt or self.bind(tokenizer)
+        rows = [self.rows[i] for i in idx for _ in range(per_row)]
+        episodes = run_episodes(engine, tokenizer, [self._session() for _ in rows], rows, params, self.limits, fmt)
+        groups: list[list[Episode]] = []
+        for g in range(len(idx)):
+            eps = episodes[g * per_row : (g + 1) * per_row]
+            groups.append([s for e in eps for s in e.samples() if s.token_ids])
+        return groups, episode_metrics(episodes)
+
+
+def env_rollouts_for(cfg, train_src=None) -> EnvRollouts:
+    """The `EnvRollouts` of an RL config (`posttrain.configs.RLConfig`): ``rl.env`` and its limits;
+    rows seeded from ``train.seed`` (``data.train_rows`` of them), or the data's rows when ``data.path``
+    is a file or rows are given in Python (`train_src`)."""
+    from posttrain.trainers.common import read_split
+
+    c = cfg.rl
+    data_rows = None
+    if train_src is not None or not cfg.data.path.startswith("task:"):
+        examples, _, _ = read_split(cfg.data, "rl", source=train_src)
+        data_rows = [{"prompt": ex.prompt, "answer": ex.answer, **ex.extra} for ex in examples]
+    limits = EpisodeLimits(max_turns=c.max_turns, max_episode_tokens=c.max_episode_tokens,
+                           max_tool_output_tokens=c.max_tool_output_tokens, env_role=c.env_role)
+    return EnvRollouts(c.env, cfg.data.train_rows, cfg.train.seed, limits, c.env_timeout_s, data_rows)
+
+
+def episode_metrics(episodes: list[Episode]) -> dict:
+    """The rollout's env metrics: mean reward / turns / tokens, status shares, summed counts."""
+    n = max(1, len(episodes))
+    counts = Counter()
+    for e in episodes:
+        counts.update({k: v for k, v in e.counts.items() if k in COUNTED})
+    status = Counter(e.status for e in episodes)
+    out = {"env/episodes": len(episodes), "env/reward_mean": sum(e.reward for e in episodes) / n,
+           "env/turns_mean": sum(e.turns for e in episodes) / n,
+           "env/policy_tokens_mean": sum(sum(e.mask()) for e in episodes) / n,
+           "env/env_tokens_mean": sum(len(e.token_ids) - sum(e.mask()) for e in episodes) / n,
+           "env/no_token_episodes": sum(1 for e in episodes if not e.token_ids)}
+    out.update({f"env/{k}": counts.get(k, 0) for k in COUNTED})
+    out.update({f"env/status_{k}": v / n for k, v in status.items()})
+    return out
