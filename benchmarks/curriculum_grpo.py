@@ -65,9 +65,8 @@ def write_rows(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def grpo(args, model, tok, name: str, data: str, seed: int, curriculum: bool = False, max_steps: int = 100000,
-         target: float | None = None) -> dict:
-    """One GRPO run from a copy of `model`: the accuracy curve and the time to `target` (None: not reached)."""
+def grpo(args, model, tok, name: str, data: str, seed: int, curriculum: bool = False, max_steps: int = 100000) -> dict:
+    """One GRPO run from a copy of `model`, for `max_steps` or --max-minutes of training: its accuracy curve."""
     cfg = RLConfig(
         algo="grpo", model=ModelConfig(name=args.model),
         data=DataConfig(path=data, eval_path=args.eval_file, train_rows=100000, eval_rows=args.eval_rows),
@@ -82,20 +81,16 @@ def grpo(args, model, tok, name: str, data: str, seed: int, curriculum: bool = F
     shutil.rmtree(cfg.train.out, ignore_errors=True)  # a fresh run folder (the prompt-reward log appends)
     tr = RLTrainer(cfg, model=copy.deepcopy(model), tokenizer=tok)
     curve = [(0, 0.0, tr.evaluate()["eval/accuracy"])]
-    train_s, hit = 0.0, None
+    train_s = 0.0
     while tr.step_num < max_steps and train_s < args.max_minutes * 60:
         t = time.perf_counter()
         tr.step()
         train_s += time.perf_counter() - t
         if tr.step_num % args.eval_every == 0:
-            acc = tr.evaluate()["eval/accuracy"]
-            curve.append((tr.step_num, round(train_s, 1), acc))
-            if target is not None and acc >= target:
-                hit = (tr.step_num, train_s)
-                break
+            curve.append((tr.step_num, round(train_s, 1), tr.evaluate()["eval/accuracy"]))
     tr._prompt_log.close()
     out = {"name": name, "seed": seed, "curriculum": curriculum, "curve": curve, "seconds": round(train_s, 1),
-           "steps": tr.step_num, "hit_steps": hit[0] if hit else None, "hit_seconds": round(hit[1], 1) if hit else None}
+           "steps": tr.step_num}
     print(json.dumps(out), flush=True)
     return out
 

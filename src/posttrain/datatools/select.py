@@ -123,21 +123,10 @@ def check_record(rec: Any, where: str) -> tuple[int, Any, float]:
 def read_history(path: str | Path) -> list[dict]:
     """The records of a reward-history jsonl, each checked; a bad line is a DataError naming file and line."""
     from posttrain.data.sources import DataError
+    from posttrain.datatools.table import read_jsonl_dicts
 
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"select.history {p}: no such file")
-    out = []
-    with open(p) as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{p}: line {i}: not valid JSON ({e.msg})") from None
-            check_record(rec, f"{p}: line {i}")
-            out.append(rec)
+    out = read_jsonl_dicts(p, "select.history", check=check_record)
     if not out:
         raise DataError(f"{p}: no reward-history records (is it the prompt_rewards.jsonl of an RL run?)")
     return out

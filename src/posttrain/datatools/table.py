@@ -188,8 +188,9 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def read_jsonl_dicts(path: str | Path, what: str) -> list[dict]:
-    """Every JSON object of a jsonl file; a bad line is a DataError naming the file and the line."""
+def read_jsonl_dicts(path: str | Path, what: str, check=None) -> list[dict]:
+    """Every JSON object of a jsonl file; a bad line is a DataError naming the file and the line.
+    `check(obj, where)`, when given, validates each object (`where` names the file and line)."""
     from posttrain.data.sources import DataError
 
     p = Path(path)
@@ -205,5 +206,7 @@ def read_jsonl_dicts(path: str | Path, what: str) -> list[dict]:
             raise DataError(f"{p}: line {i}: not valid JSON ({e.msg})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{p}: line {i}: expected a JSON object")
+        if check is not None:
+            check(obj, f"{p}: line {i}")
         out.append(obj)
     return out
