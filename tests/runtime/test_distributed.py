@@ -24,8 +24,9 @@ COMMON = ["--model", MODEL, "--data", "task:addition", "--data.train_rows", "64"
 STAGE_ARGS = {
     "sft": ["--data.eval_rows", "0", "--sft.sequences_per_step", "8"],
     "rm": ["--data.eval_rows", "0", "--rm.pairs_per_step", "8"],
+    "dpo": ["--data.eval_rows", "0", "--pref.pairs_per_step", "8", "--pref.eval_before", "false"],
 }
-MICRO = {"sft": "--sft.sequences_per_microbatch", "rm": "--rm.pairs_per_microbatch"}
+MICRO = {"sft": "--sft.sequences_per_microbatch", "rm": "--rm.pairs_per_microbatch", "dpo": "--pref.pairs_per_microbatch"}
 
 
 def torchrun(args: list[str], env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -49,7 +50,7 @@ def single(stage: str, out, *extra: str) -> None:
     assert main([stage, *COMMON, *STAGE_ARGS[stage], "--out", str(out), *extra]) == 0
 
 
-@pytest.mark.parametrize("stage", ["sft", "rm"])
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
 def test_two_ranks_equal_one_process(tmp_path, stage, parallel):
     single(stage, tmp_path / "one", "--max-steps", "3", MICRO[stage], "8")  # 1 x 8, one micro-batch
@@ -63,6 +64,35 @@ def test_two_ranks_equal_one_process(tmp_path, stage, parallel):
     assert (tmp_path / "two" / "config.yaml").read_text().count("parallel: " + parallel) == 1
     if stage == "rm":
         assert (tmp_path / "two" / "model" / "model.safetensors").exists()
+
+
+def _stepwise_file(path) -> str:
+    """24 PRM rows: a sum, its steps, a label per step (the second step is wrong in every third row)."""
+    import json
+
+    rows = []
+    for i in range(24):
+        a, b = i % 7 + 1, i % 5 + 2
+        wrong = i % 3 == 0
+        rows.append({"prompt": f"{a}+{b}=?", "completions": [f"{a} plus {b}", f"is {a + b + (1 if wrong else 0)}"],
+                     "labels": [1, 0 if wrong else 1]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp2"])
+def test_prm_two_ranks_equal_one_process(tmp_path, parallel):
+    data = _stepwise_file(tmp_path / "steps.jsonl")
+    args = ["prm", "--model", MODEL, "--data", data, "--train.progress", "false", "--lr", "1e-3", "--max-steps", "3",
+            "--prm.sequences_per_step", "8", "--prm.eval_share", "0"]
+    assert main([*args, "--out", str(tmp_path / "one"), "--prm.sequences_per_microbatch", "8"]) == 0
+    r = torchrun([*args, "--out", str(tmp_path / "two"), "--prm.sequences_per_microbatch", "2", "--runtime.parallel", parallel])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_close(weights(tmp_path / "one", 3), weights(tmp_path / "two", 3))
+    import torch
+
+    heads = [torch.load(tmp_path / d / "checkpoints" / "step-0000003" / "prm_head.pt") for d in ("one", "two")]
+    assert_close(*heads)
 
 
 def test_checkpoint_resumes_under_another_parallel(tmp_path):

@@ -151,6 +151,10 @@ class ProcessRewardModel(nn.Module):
             feats = torch.cat([feats.float(), self.step_likelihood(hidden, input_ids, step_positions, prompt_lengths)], -1)
         return self.head(feats.to(self.head.weight.dtype)).squeeze(-1)
 
+    def forward(self, input_ids, attention_mask, step_positions, step_mask=None, prompt_lengths=None) -> torch.Tensor:
+        """`step_logits` (the forward a DDP wrapper or an FSDP2 root runs)."""
+        return self.step_logits(input_ids, attention_mask, step_positions, step_mask, prompt_lengths)
+
     def step_likelihood(self, hidden, input_ids, step_positions, prompt_lengths) -> torch.Tensor:
         """(B, S, 3) log-likelihoods under the backbone's own LM head: of each step's ids, of the whole
         solution prefix up to and including the step (the prefix is what a Math-Shepherd label
@@ -168,10 +172,17 @@ class ProcessRewardModel(nn.Module):
         least = per.masked_fill(~prefix, 0.0).amin(-1)  # log-likelihoods are <= 0; an empty span gives 0
         return torch.stack([(per * step).sum(-1), (per * prefix).sum(-1), least], -1)
 
-    def save_pretrained(self, path) -> None:
+    def save_pretrained(self, path, state_dict: dict | None = None) -> None:
+        """The language model as a Hugging Face folder, the head as ``prm_head.pt``; `state_dict`: the
+        whole module's state (``lm.*``, ``head.*``; an FSDP2 model's, gathered) saved instead of its own."""
         path = Path(path)
-        self.lm.save_pretrained(path)
-        torch.save(self.head.state_dict(), path / "prm_head.pt")
+        if state_dict is None:
+            self.lm.save_pretrained(path)
+            head = self.head.state_dict()
+        else:
+            self.lm.save_pretrained(path, state_dict={k[3:]: v for k, v in state_dict.items() if k.startswith("lm.")})
+            head = {k[5:]: v for k, v in state_dict.items() if k.startswith("head.")}
+        torch.save(head, path / "prm_head.pt")
         (path / "prm_config.json").write_text(json.dumps({"step_sep": self.step_sep, "chat": self.chat,
                                                           "likelihood_features": self.likelihood_features}))
 
@@ -216,7 +227,7 @@ class PRMScorer:
             for i in range(0, len(enc), self.batch_size):
                 chunk = enc[i : i + self.batch_size]
                 b = collate_steps(chunk, pad)
-                probs = torch.sigmoid(self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"],
+                probs = torch.sigmoid(self.prm(b["input_ids"], b["attention_mask"], b["step_positions"],
                                                            prompt_lengths=b["prompt_lengths"]).float())
                 for j, e in enumerate(chunk):
                     got = probs[j, : len(e.step_positions)].tolist() or [0.5]

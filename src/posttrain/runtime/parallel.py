@@ -82,7 +82,8 @@ def output_head(model) -> torch.nn.Module | None:
 def decoder_layers(model) -> list[torch.nn.Module]:
     """The transformer blocks FSDP2 shards one by one (``model.model.layers`` for Llama/Qwen2)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers",
+                 "backbone.layers", "lm.model.layers"):  # an RL critic's backbone, a PRM's language model
         node = base
         for part in path.split("."):
             node = getattr(node, part, None)

@@ -1,19 +1,19 @@
 """Pieces every trainer shares: component configs, model set-up (LoRA), optimizer and schedule,
 the resumable data order, and generation-based exact-match evaluation.
 
-Trainers on the runtime seam (`posttrain.runtime`; SFT and the reward model so far) start with
-`start_run`: the `Runtime` first, then the run folder prepared by rank 0 alone (its errors reach
-every rank). Ranks other than 0 log nothing (`NullLogger`) and show no progress; every rank runs
-`training_loop`, `optimizer_step` (the gradient norm of FSDP2's DTensor gradients is made a plain
-number) and saves collectively (rank 0 writes).
+Trainers on the runtime seam (`posttrain.runtime`) start with `start_run`: the `Runtime` first,
+then the run folder prepared by rank 0 alone (its errors reach every rank). Their model, optimizer
+and schedule live in a `posttrain.runtime.worker.PolicyWorker` (the one optimizer-step path). Ranks
+other than 0 log nothing (`NullLogger`) and show no progress; every rank runs `training_loop` and
+saves collectively (rank 0 writes).
 """
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -23,41 +23,13 @@ from posttrain.config import ConfigError
 from posttrain.data import encode_prompt
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.configs import DataConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: F401  (re-exported)
+from posttrain.runtime.worker import apply_lora, build_optimizer  # noqa: F401  (re-exported)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def apply_lora(model, cfg: ModelConfig):
-    if cfg.lora_rank <= 0:
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    targets = [t for t in cfg.lora_targets if any(n.endswith(t) for n, _ in model.named_modules())]
-    lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, lcfg)
-
-
-def build_optimizer(model, cfg: OptimConfig, max_steps: int):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, foreach=True)
-
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps)
-        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos
-
-    if cfg.schedule not in ("cosine", "constant"):
-        raise ConfigError(f"optim.schedule must be 'cosine' or 'constant', got '{cfg.schedule}'")
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 class DataOrder:
@@ -255,40 +227,23 @@ def check_global_batch(rt, key: str, size: int) -> None:
                           f"use a multiple of {rt.world_size}")
 
 
-def save_run_checkpoint(trainer, keep: int) -> Path:
-    """`save_checkpoint` for a trainer on the runtime seam (`trainer.rt`, `.model`, `.opt`, `.sched`,
+def save_run_checkpoint(trainer, keep: int, extra: dict | None = None) -> Path:
+    """`save_checkpoint` for a trainer on the runtime seam (`trainer.rt`, `.worker`, `.model`, `.sched`,
     `.order`, `.step`, `.run_dir`, `.tokenizer`): gathers what the folder needs on every rank (an FSDP2
     model's full state, the optimizer state, each rank's RNG state), rank 0 writes, all wait."""
     from posttrain.checkpoint import save_checkpoint
     from posttrain.runtime.device import rng_state
-    from posttrain.runtime.parallel import full_model_state, optimizer_state
 
     rt = trainer.rt
-    model_state = full_model_state(trainer.model, rt)
-    opt_state, fmt = optimizer_state(trainer.model, trainer.opt, rt)
+    model_state, opt_state, fmt = trainer.worker.checkpoint_state()
     rngs = rt.gather_object(rng_state())
     path = trainer.run_dir / "checkpoints" / f"step-{trainer.step:07d}"
     if rt.is_main:
         state = {"optimizer": opt_state, "optimizer_format": fmt, "scheduler": trainer.sched.state_dict(),
-                 "data": trainer.order.state(), "world_size": rt.world_size, "rng_per_rank": rngs}
+                 "data": trainer.order.state(), "world_size": rt.world_size, "rng_per_rank": rngs, **(extra or {})}
         path = save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.tokenizer, state, keep, model_state=model_state)
     rt.barrier()
     return path
-
-
-def optimizer_step(model, opt, sched, max_grad_norm: float, step: int, loss: float) -> tuple[float, float]:
-    """Clip, refuse a non-finite gradient (naming the step and loss), step the optimizer and the
-    schedule, clear gradients. Returns (grad norm before clipping, learning rate used)."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
-        grad_norm = grad_norm.full_tensor()
-    if not torch.isfinite(grad_norm):
-        raise FloatingPointError(f"step {step + 1}: gradient norm is {grad_norm} (loss {loss})")
-    lr = sched.get_last_lr()[0]
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    return float(grad_norm), lr
 
 
 @contextmanager

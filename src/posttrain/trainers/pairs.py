@@ -8,6 +8,7 @@ Over-long sequences keep the end of the prompt and the start of the response (co
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -154,21 +155,29 @@ def _lm_parts(model):
         return None, None
 
 
-def sequence_logps(model, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logps(model, batch: SequenceBatch, rt=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed logps (R,), lengths (R,)) of the labelled tokens of each row.
 
     The LM head runs only at labelled positions (response tokens), so prompts and padding never
-    produce vocabulary logits; falls back to full logits for models without a separate head.
+    produce vocabulary logits; falls back to full logits for models without a separate head, and
+    for a wrapped or sharded model (`rt`, a `posttrain.runtime.Runtime`, with ``parallel`` ddp or
+    fsdp2: the wrapper's own forward must run). `rt` also gives the device and the autocast; the
+    logprobs are fp32.
     """
+    if rt is not None and rt.device.type != "cpu":
+        batch = SequenceBatch(*(t.to(rt.device) for t in (batch.input_ids, batch.attention_mask, batch.labels, batch.last_index)))
     mask = batch.labels != IGNORE
     lengths = mask.sum(-1)
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp_min(0)
-    decoder, head = _lm_parts(model)
+    decoder, head = (None, None) if rt is not None and rt.parallel != "none" else _lm_parts(model)
+    ctx = rt.autocast() if rt is not None else nullcontext()
     if decoder is None or head is None:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False).logits
-        return masked_sum(token_logprobs(logits, batch.labels), mask, dim=-1), lengths
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
-    picked = head(hidden[mask])  # (N, V) for the N labelled tokens only
+        with ctx:
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False).logits
+        return masked_sum(token_logprobs(logits.float(), batch.labels), mask, dim=-1), lengths
+    with ctx:
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
+        picked = head(hidden[mask]).float()  # (N, V) for the N labelled tokens only
     tok = token_logprobs(picked, batch.labels[mask])
     row = torch.arange(mask.shape[0]).unsqueeze(1).expand_as(mask)[mask]
     sums = torch.zeros(mask.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, row.to(tok.device), tok)

@@ -27,22 +27,18 @@ as TRL's ``unpair_preference_dataset``.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.checkpoint import (
-    latest_checkpoint, load_state, load_weights_into, save_checkpoint, set_peak_lr, set_rng_state, torch_save_atomic,
-)
+from posttrain.checkpoint import restore_checkpoint, torch_save_atomic
 from posttrain.errors import UserError
-from posttrain.runs import prepare_run
 from posttrain.configs import PreferenceConfig, PreferenceOptions  # noqa: F401  (re-exported)
 from posttrain.data import DataError
 from posttrain.logging import MetricsLogger, console, warn
@@ -50,9 +46,10 @@ from posttrain.losses.preference import (
     PREFERENCE_LOSSES, UNPAIRED_LOSSES, PreferenceLogps, UnpairedLogps, combined_loss, preference_needs,
 )
 from posttrain.models import load_model_and_tokenizer
+from posttrain.runtime.worker import PolicyWorker
 from posttrain.trainers.common import (
-    DataOrder, apply_lora, bind_inputs, build_optimizer, default_verifier, exact_match_eval, optimizer_step,
-    seed_everything, training_loop,
+    DataOrder, NullLogger, bind_inputs, check_global_batch, default_verifier, exact_match_eval, save_run_checkpoint,
+    seed_everything, start_run, training_loop,
 )
 from posttrain.trainers.pairs import TokenizedPair, first_divergent_step, load_pairs, pair_batch, sequence_batch, sequence_logps, tokenize_pairs
 from posttrain.trainers.pref_data import FallingLogpsMonitor, parse_loss_spec, self_generated_rejections, unpair
@@ -75,7 +72,8 @@ class PreferenceTrainer:
         cfg, model, train_rows, eval_rows = bind_inputs(cfg, model, train_data, eval_data)
         self.cfg = cfg
         self.losses = parse_loss_spec(cfg.loss)
-        self.resume_from = prepare_run(cfg, "dpo", (cfg.model.name,))
+        self.rt, self.resume_from = start_run(cfg, "dpo", (cfg.model.name,))
+        check_global_batch(self.rt, "pref.pairs_per_step", cfg.pref.pairs_per_step)
         seed_everything(cfg.train.seed)
         self.unpaired = any(name in UNPAIRED_LOSSES for name in self.losses)
         self.hp = {k: float(v) for k, v in cfg.pref.loss_args.items()}
@@ -89,24 +87,28 @@ class PreferenceTrainer:
         self.loaded_model = model is None
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
-        if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
         self.lora = cfg.model.lora_rank > 0
-        live_copy = self.uses_reference and cfg.pref.reference == "live" and not self.lora
-        self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) if live_copy else None
-        self.model = apply_lora(model, cfg.model)
-        self.tokenizer = tokenizer
+        self.model, self.tokenizer = model, tokenizer  # the starting policy: self-generated rejections sample from it
         self._load_data()
-        self.opt, self.sched = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
-        self.order = DataOrder(len(self.items), cfg.train.seed)
         self.run_dir = Path(cfg.train.out)
+        # LoRA, placement, optimizer; the reference: live (a frozen copy, or under LoRA the adapter
+        # disabled) or, for the cache, the policy itself before the first step
+        live = self.uses_reference and cfg.pref.reference == "live"
+        self.worker = PolicyWorker(model, self.rt, cfg.model, cfg.optim, cfg.train.max_steps,
+                                   reference=live or (self.uses_reference and self.lora),
+                                   resume_dir=self.run_dir if cfg.train.resume else None, engine=bool(self.eval_examples))
+        self.model, self.train_model = self.worker.model, self.worker.train_model
+        self.opt, self.sched = self.worker.opt, self.worker.sched
+        self.ref_model = None  # a resumed full fine-tuning run's reloaded starting model (`_reference_for_cache`)
+        self.order = DataOrder(len(self.items), cfg.train.seed)
         self.step = 0
         self.bco_moments = [0.0, 0]  # running sum and count of BCO rewards (its shift delta)
         self.monitor = FallingLogpsMonitor(cfg.pref.falling_logps_window)
         if cfg.train.resume:
             self._resume()
         self.ref_cache = self._reference_cache() if self.uses_reference and cfg.pref.reference == "cached" else None
-        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+        self.logger = (MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+                       if self.rt.is_main else NullLogger())
 
     # ------------------------------------------------------------------ data and reference
 
@@ -151,20 +153,22 @@ class PreferenceTrainer:
     def _forward(self, model, items) -> tuple[torch.Tensor, torch.Tensor]:
         prompts, responses = self._sequences(items)
         batch = sequence_batch(prompts, responses, self.tokenizer.pad_token_id)
-        return sequence_logps(model, batch)
+        return sequence_logps(model, batch, self.rt)
 
     @torch.no_grad()
     def reference_logps(self, items) -> torch.Tensor:
-        """(B, k) reference logps of the items' k sequences (chosen, rejected / completion, KL)."""
+        """(B, k) reference logps of the items' k sequences (chosen, rejected / completion, KL), on the CPU."""
         if self.ref_model is not None:
             logps, _ = self._forward(self.ref_model, items)
-        else:
+        elif self.worker.has_reference:
+            with self.worker.reference() as ref:
+                logps, _ = self._forward(ref, items)
+        else:  # before the first step the policy is the reference
             was_training = self.model.training
             self.model.eval()
-            with self.model.disable_adapter() if self.lora else nullcontext():
-                logps, _ = self._forward(self.model, items)
+            logps, _ = self._forward(self.train_model, items)
             self.model.train(was_training)
-        return logps.view(-1, len(items)).T.contiguous()
+        return logps.view(-1, len(items)).T.contiguous().cpu()
 
     def _fingerprint(self) -> str:
         """What the cached reference logps depend on: the starting model, the data (token ids of every
@@ -198,17 +202,18 @@ class PreferenceTrainer:
             for i in range(0, len(missing), n):
                 idx = missing[i : i + n]
                 cache["train"][idx] = ref([self.items[j] for j in idx])
-        if missing:
-            console.print(f"reference logps cached for {len(missing)} train items and {len(self.eval_pairs)} eval pairs "
-                          f"in {time.perf_counter() - t0:.1f}s")
-            torch_save_atomic(cache, path)
+        if missing:  # every rank computed the same values (the same passes: a sharded policy needs all ranks)
+            if self.rt.is_main:
+                console.print(f"reference logps cached for {len(missing)} train items and {len(self.eval_pairs)} eval pairs "
+                              f"in {time.perf_counter() - t0:.1f}s")
+            self.rt.on_main(lambda: torch_save_atomic(cache, path))
         return cache
 
     @contextmanager
     def _reference_for_cache(self):
         """A function items -> reference logps. Before the first step the policy is the reference (or
         its adapter-disabled base); a resumed full fine-tuning run reloads its starting model."""
-        if self.step == 0 or self.lora or self.ref_model is not None:
+        if self.step == 0 or self.worker.has_reference or self.ref_model is not None:
             yield self.reference_logps
             return
         if self.loaded_model is False:
@@ -216,7 +221,9 @@ class PreferenceTrainer:
                             "model was passed in from Python; resume through posttrain.cli or pref.reference live")
         console.print(f"reloading the starting model {self.cfg.model.name} to extend the cached reference logps")
         model, _ = load_model_and_tokenizer(self.cfg.model.name, trust_remote_code=self.cfg.model.trust_remote_code, seed=self.cfg.train.seed)
-        self.ref_model = model.eval().requires_grad_(False)
+        from posttrain.runtime.worker import place_frozen
+
+        self.ref_model = place_frozen(model.eval().requires_grad_(False), self.rt)
         try:
             yield self.reference_logps
         finally:
@@ -226,6 +233,8 @@ class PreferenceTrainer:
 
     def _logps_struct(self, items, logps, lengths, ref):
         B = len(items)
+        if ref is not None:
+            ref = ref.to(logps.device)
         if isinstance(items[0], TokenizedPair):
             c_len, r_len = lengths[:B].to(logps.dtype), lengths[B:].to(logps.dtype)
             return PreferenceLogps(
@@ -233,7 +242,7 @@ class PreferenceTrainer:
                 ref_chosen_logps=None if ref is None else ref[:, 0], ref_rejected_logps=None if ref is None else ref[:, 1],
                 chosen_lengths=c_len, rejected_lengths=r_len, chosen_nll=-logps[:B] / c_len.clamp(min=1),
             )
-        labels = torch.tensor([u.label for u in items], dtype=torch.bool)
+        labels = torch.tensor([u.label for u in items], dtype=torch.bool, device=logps.device)
         kl = logps.shape[0] > B
         return UnpairedLogps(
             logps=logps[:B], ref_logps=ref[:, 0], labels=labels,
@@ -247,9 +256,10 @@ class PreferenceTrainer:
         (name, weight), = self.losses.items()
         if name in UNPAIRED_LOSSES:
             hp = dict(self.hp)
-            if name == "bco":  # running mean of the rewards, updated with this batch first (as TRL)
+            if name == "bco":  # running mean of the rewards, updated with this batch first (as TRL); over all ranks
                 r = beta * (lp.logps - lp.ref_logps).detach()
-                self.bco_moments = [self.bco_moments[0] + float(r.sum()), self.bco_moments[1] + r.numel()]
+                self.bco_moments = [self.bco_moments[0] + self.rt.all_reduce_sum(float(r.sum())),
+                                    self.bco_moments[1] + int(self.rt.all_reduce_sum(r.numel()))]
                 hp["delta"] = self.bco_moments[0] / self.bco_moments[1]
             loss, stats = UNPAIRED_LOSSES.get(name)(lp, beta=beta, **hp)
         else:
@@ -258,7 +268,7 @@ class PreferenceTrainer:
 
     def microbatch_loss(self, idx: list[int], items, num_items: int) -> tuple[torch.Tensor, dict]:
         """Loss of one micro-batch divided by the step's item count, and its stats (floats)."""
-        logps, lengths = self._forward(self.model, items)
+        logps, lengths = self._forward(self.train_model, items)
         ref = None
         if self.uses_reference:
             ref = self.ref_cache["train"][idx] if self.ref_cache is not None else self.reference_logps(items)
@@ -281,26 +291,33 @@ class PreferenceTrainer:
     def train_step(self) -> dict:
         """One optimizer step over ``pref.pairs_per_step`` items; returns its metrics (loss,
         grad_norm, lr, pairs, the loss's rewards/* stats, logps/chosen, logps/rejected)."""
-        c = self.cfg
-        idx_all = self.order.take(c.pref.pairs_per_step)
+        c, rt = self.cfg, self.rt
+        n_global = c.pref.pairs_per_step
+        idx_all = rt.shard(self.order.take(n_global))  # this rank's contiguous share of the global batch
         self.model.train()
         totals: dict[str, float] = {}
         loss_sum = 0.0
-        for i in range(0, len(idx_all), c.pref.pairs_per_microbatch):
+        starts = range(0, len(idx_all), c.pref.pairs_per_microbatch)
+        for k, i in enumerate(starts):
             idx = idx_all[i : i + c.pref.pairs_per_microbatch]
-            loss, stats = self.microbatch_loss(idx, [self.items[j] for j in idx], len(idx_all))
-            loss.backward()
+            with self.worker.accumulate(last=k == len(starts) - 1):
+                loss, stats = self.microbatch_loss(idx, [self.items[j] for j in idx], n_global)  # / the global count
+                self.worker.backward(loss)
             loss_sum += float(loss.detach())
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v * len(idx) / len(idx_all)
-        grad_norm, lr = optimizer_step(self.model, self.opt, self.sched, c.optim.max_grad_norm, self.step, loss_sum)
+            for key, v in stats.items():
+                totals[key] = totals.get(key, 0.0) + v * len(idx) / n_global
+        if rt.distributed:  # sums over the ranks' shares (a NaN mean of an empty side stays NaN)
+            keys = sorted(totals)
+            summed = rt.all_reduce_sum(torch.tensor([loss_sum] + [totals[k] for k in keys], dtype=torch.float64)).tolist()
+            loss_sum, totals = summed[0], dict(zip(keys, summed[1:]))
+        grad_norm, lr = self.worker.step(self.step, loss_sum, c.optim.max_grad_norm)
         self.step += 1
         self._watch_logps(totals)
         return {"loss": loss_sum, "grad_norm": grad_norm, "lr": lr, "pairs": len(idx_all), **totals}
 
     def _watch_logps(self, m: dict) -> None:
         msg = self.monitor.update(m["logps/chosen"] / max(1.0, m["tokens_per_response"]), m["logps/rejected"] / max(1.0, m["tokens_per_response"]))
-        if msg:
+        if msg and self.rt.is_main:
             warn(f"step {self.step}: {msg} (a common silent failure: likelihood displacement; try a smaller lr, "
                  "a larger beta, or a loss with an NLL anchor such as rpo/dpop)")
 
@@ -311,8 +328,10 @@ class PreferenceTrainer:
         if self.eval_pairs:
             out.update(self._pair_metrics())
         if self.eval_examples and self.verify is not None:
-            res = exact_match_eval(self.model, self.tokenizer, self.eval_examples, self.verify, self.cfg.pref.eval_max_new_tokens)
-            for prompt, text, answer, ok in res.pop("samples")[:2]:
+            with self.rt.autocast():
+                res = exact_match_eval(self.worker.engine_model(), self.tokenizer, self.eval_examples, self.verify,
+                                       self.cfg.pref.eval_max_new_tokens)
+            for prompt, text, answer, ok in res.pop("samples")[:2] if self.rt.is_main else ():
                 console.print(f"  eval sample: {json.dumps(prompt)[:80]} -> {text!r} (answer {answer}, {'ok' if ok else 'wrong'})")
             out.update(res)
         return {f"eval/{k}": v for k, v in out.items()}
@@ -324,7 +343,8 @@ class PreferenceTrainer:
         rewards, logps_all = [], []
         for i in range(0, len(self.eval_pairs), n):
             chunk = self.eval_pairs[i : i + n]
-            logps, lengths = sequence_logps(self.model, pair_batch(chunk, self.tokenizer.pad_token_id))
+            logps, lengths = sequence_logps(self.train_model, pair_batch(chunk, self.tokenizer.pad_token_id), self.rt)
+            logps, lengths = logps.cpu(), lengths.cpu()
             pair = logps.view(2, -1).T
             if self.uses_reference:
                 ref = self.ref_cache["eval"][i : i + n] if self.ref_cache is not None else self.reference_logps(chunk)
@@ -340,25 +360,21 @@ class PreferenceTrainer:
     # ------------------------------------------------------------------ checkpoints and loop
 
     def _resume(self) -> None:
-        ck = latest_checkpoint(self.run_dir)
-        load_weights_into(self.model, ck)
-        st = load_state(ck)
-        self.opt.load_state_dict(st["optimizer"])
-        self.sched.load_state_dict(st["scheduler"])
-        set_peak_lr(self.opt, self.sched, self.cfg.optim.lr)
+        rt = self.rt
+        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr, weights=False,
+                                load_optimizer=self.worker.load_optimizer, rank=rt.rank, world_size=rt.world_size,
+                                verbose=rt.is_main)
         self.order = DataOrder(len(self.items), self.cfg.train.seed, **st["data"])
         self.bco_moments = list(st["bco_moments"])
         self.monitor.history = list(st["monitor"])
-        set_rng_state(st["rng"])
         self.step = st["step"]
-        console.print(f"resumed from {ck} at step {self.step}")
 
     def save(self) -> Path:
         """Checkpoint the current step into ``out/checkpoints/step-NNNNNNN`` (model or LoRA adapter,
-        tokenizer, optimizer, schedule, data position, BCO shift); returns its folder."""
-        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state(),
-                 "bco_moments": self.bco_moments, "monitor": self.monitor.history}
-        return save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
+        tokenizer, optimizer, schedule, data position, BCO shift); returns its folder. Collective under
+        data parallelism: every rank calls it, rank 0 writes."""
+        return save_run_checkpoint(self, self.cfg.train.keep_checkpoints,
+                                   {"bco_moments": self.bco_moments, "monitor": self.monitor.history})
 
     def describe(self) -> dict:
         """The run's derived sizes: losses, reference, parameters, items, epochs."""
@@ -376,14 +392,16 @@ class PreferenceTrainer:
         """Evaluate before (``pref.eval_before``), train to ``train.max_steps``, evaluate, save; returns
         the last step's metrics, ``eval_before/*``, the final ``eval/*`` and ``checkpoint``."""
         c = self.cfg
-        console.print(f"dpo config: {json.dumps(dataclasses.asdict(c), default=str)}")
-        console.print(f"dpo sizes: {json.dumps(self.describe())}")
+        if self.rt.is_main:
+            console.print(f"dpo config: {json.dumps(dataclasses.asdict(c), default=str)}")
+            console.print(f"dpo sizes: {json.dumps(self.describe())}")
         before = {}
         if c.pref.eval_before and self.step == 0:
             before = {k.replace("eval/", "eval_before/"): v for k, v in self.evaluate().items()}
             if before:
                 self.logger.log(before, 0)
-                console.print(f"eval before: {json.dumps({k: round(v, 4) for k, v in before.items()})}")
+                if self.rt.is_main:
+                    console.print(f"eval before: {json.dumps({k: round(v, 4) for k, v in before.items()})}")
         bar = lambda m: {"loss": m["loss"], "acc": m.get("rewards/accuracies", float("nan"))}  # noqa: E731
         out = training_loop(self, c.train, "dpo", "pairs", bar)
         path = self.save()

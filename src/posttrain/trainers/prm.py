@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.checkpoint import load_state, load_weights_into, save_checkpoint, set_peak_lr, set_rng_state
+from posttrain.checkpoint import load_state, load_weights_into, restore_checkpoint
 from posttrain.errors import UserError
-from posttrain.runs import prepare_run
+from posttrain.runtime.worker import PolicyWorker
 from posttrain.configs import PRMConfig, PRMOptions  # noqa: F401  (re-exported)
 from posttrain.data import DataError, load_examples, read_rows
 from posttrain.logging import MetricsLogger, console, warn
@@ -48,7 +48,8 @@ from posttrain.losses.reward import prm_step_loss
 from posttrain.models.prm import PRMScorer, ProcessRewardModel, collate_steps, encode_steps, prompt_ids, split_token_steps
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.trainers.common import (
-    IN_MEMORY, DataOrder, _missing_rows, bind_inputs, build_optimizer, print_report, seed_everything, training_loop,
+    IN_MEMORY, DataOrder, NullLogger, _missing_rows, bind_inputs, check_global_batch, print_report, save_run_checkpoint,
+    seed_everything, start_run, training_loop,
 )
 
 __all__ = ["PRMOptions", "PRMConfig", "PRMTrainer", "prm800k_rows", "auto_label", "task_prm_rows", "split_token_steps", "run"]
@@ -211,7 +212,8 @@ class PRMTrainer:
 
         cfg, model, train_rows, eval_rows = bind_inputs(cfg, model, train_data, eval_data)
         self.cfg = cfg
-        self.resume_from = prepare_run(cfg, "prm", (cfg.model.name, cfg.prm.policy, cfg.prm.solution_policy))
+        self.rt, self.resume_from = start_run(cfg, "prm", (cfg.model.name, cfg.prm.policy, cfg.prm.solution_policy))
+        check_global_batch(self.rt, "prm.sequences_per_step", cfg.prm.sequences_per_step)
         seed_everything(cfg.train.seed)
         # the data first: a bad row is reported before any model is loaded
         in_memory = train_rows is not None  # train_data rows are used whole (`bind_inputs`)
@@ -246,13 +248,19 @@ class PRMTrainer:
             self.eval_set = list(zip(*self._encode(held_out, "held-out ")))
         if not self.train_set:
             raise DataError(f"{cfg.data.path}: no usable PRM training rows")
-        self.opt, self.sched = build_optimizer(self.prm, cfg.optim, cfg.train.max_steps)
-        self.order = DataOrder(len(self.train_set), cfg.train.seed)
         self.run_dir = Path(cfg.train.out)
+        if cfg.train.resume:  # the weights before the model is wrapped or sharded
+            load_weights_into(self.prm.lm, self.resume_from)
+            self.prm.head.load_state_dict(torch.load(self.resume_from / "prm_head.pt", weights_only=True))
+        self.worker = PolicyWorker(self.prm, self.rt, None, cfg.optim, cfg.train.max_steps)
+        self.train_model, self.model = self.worker.train_model, self.prm
+        self.opt, self.sched = self.worker.opt, self.worker.sched
+        self.order = DataOrder(len(self.train_set), cfg.train.seed)
         self.step = 0
         if cfg.train.resume:
             self._resume()
-        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+        self.logger = (MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+                       if self.rt.is_main else NullLogger())
 
     def _encode(self, rows: list[dict], what: str) -> tuple[list, list]:
         """(encoded rows, their labels) of the rows with at least one step within data.max_length."""
@@ -268,34 +276,37 @@ class PRMTrainer:
         return [enc[i] for i in kept], [labels[i] for i in kept]
 
     def _batch(self, items):
-        return collate_steps([e for e, _ in items], self.tokenizer.pad_token_id or 0, [lab for _, lab in items])
+        b = collate_steps([e for e, _ in items], self.tokenizer.pad_token_id or 0, [lab for _, lab in items])
+        if self.rt.device.type != "cpu":
+            b = {k: v.to(self.rt.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+        return b
 
     def train_step(self) -> dict:
         """One optimizer step on ``prm.sequences_per_step`` rows (in micro-batches of
         ``prm.sequences_per_microbatch``, normalized by the step's total step count); returns
         ``loss``, ``step_accuracy``, ``grad_norm``, ``lr`` and ``sequences``."""
-        c = self.cfg.prm
-        items = [self.train_set[i] for i in self.order.take(c.sequences_per_step)]
-        n_steps = sum(len(e.step_positions) for e, _ in items)
+        c, rt = self.cfg.prm, self.rt
+        items = rt.shard([self.train_set[i] for i in self.order.take(c.sequences_per_step)])  # this rank's share
+        n_steps = int(rt.all_reduce_sum(sum(len(e.step_positions) for e, _ in items)))  # the global normalizer
         self.prm.train()
         total, acc = 0.0, 0.0
-        for s in range(0, len(items), c.sequences_per_microbatch):
+        starts = range(0, len(items), c.sequences_per_microbatch)
+        for k, s in enumerate(starts):
             b = self._batch(items[s : s + c.sequences_per_microbatch])
-            logits = self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"], prompt_lengths=b["prompt_lengths"])
-            loss, stats = prm_step_loss(logits, b["step_labels"], b["step_mask"])
-            (loss.sum() / n_steps).backward()
+            with self.worker.accumulate(last=k == len(starts) - 1):
+                with rt.autocast():
+                    logits = self.train_model(b["input_ids"], b["attention_mask"], b["step_positions"],
+                                              prompt_lengths=b["prompt_lengths"]).float()
+                loss, stats = prm_step_loss(logits, b["step_labels"], b["step_mask"])
+                self.worker.backward(loss.sum() / n_steps)
             total += float(loss.detach().sum())
             acc += float(stats["accuracy"]) * float(stats["num_steps"])
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.prm.parameters(), self.cfg.optim.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise FloatingPointError(f"step {self.step + 1}: gradient norm is {grad_norm}")
-        lr = self.sched.get_last_lr()[0]
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
+        if rt.distributed:
+            total, acc = rt.all_reduce_sum(torch.tensor([total, acc], dtype=torch.float64)).tolist()
+        grad_norm, lr = self.worker.step(self.step, total / n_steps, self.cfg.optim.max_grad_norm)
         self.step += 1
-        return {"loss": total / n_steps, "step_accuracy": acc / n_steps, "grad_norm": float(grad_norm), "lr": lr,
-                "sequences": len(items)}
+        return {"loss": total / n_steps, "step_accuracy": acc / n_steps, "grad_norm": grad_norm, "lr": lr,
+                "sequences": c.sequences_per_step}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -307,8 +318,10 @@ class PRMTrainer:
             tot, acc, n = 0.0, 0.0, 0
             for s in range(0, len(self.eval_set), self.cfg.prm.sequences_per_microbatch):
                 b = self._batch(self.eval_set[s : s + self.cfg.prm.sequences_per_microbatch])
-                loss, st = prm_step_loss(self.prm.step_logits(b["input_ids"], b["attention_mask"], b["step_positions"],
-                                                              prompt_lengths=b["prompt_lengths"]),
+                with self.rt.autocast():
+                    logits = self.train_model(b["input_ids"], b["attention_mask"], b["step_positions"],
+                                              prompt_lengths=b["prompt_lengths"]).float()
+                loss, st = prm_step_loss(logits,
                                          b["step_labels"], b["step_mask"])
                 tot, acc, n = tot + float(loss.sum()), acc + float(st["accuracy"] * st["num_steps"]), n + int(st["num_steps"])
             out = {"eval/loss": tot / max(n, 1), "eval/step_accuracy": acc / max(n, 1)}
@@ -326,33 +339,28 @@ class PRMTrainer:
 
     def save(self) -> Path:
         """Write a checkpoint of the current step (backbone, head, tokenizer, optimizer, schedule and
-        data order) to the run folder; returns its folder."""
-        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.order.state()}
-        return save_checkpoint(self.run_dir, self.step, self.prm, self.tokenizer, state, self.cfg.train.keep_checkpoints)
+        data order) to the run folder; returns its folder. Collective under data parallelism."""
+        return save_run_checkpoint(self, self.cfg.train.keep_checkpoints)
 
     def _resume(self) -> None:
-        ck = self.resume_from
-        load_weights_into(self.prm.lm, ck)
-        self.prm.head.load_state_dict(torch.load(ck / "prm_head.pt", weights_only=True))
-        st = load_state(ck)
-        self.opt.load_state_dict(st["optimizer"])
-        if "scheduler" not in st:
-            raise UserError(f"{ck}: a PRM checkpoint of an older posttrain (no scheduler state); it cannot be resumed")
-        self.sched.load_state_dict(st["scheduler"])
-        set_peak_lr(self.opt, self.sched, self.cfg.optim.lr)
+        rt = self.rt
+        if "scheduler" not in load_state(self.resume_from):
+            raise UserError(f"{self.resume_from}: a PRM checkpoint of an older posttrain (no scheduler state); it cannot be resumed")
+        st = restore_checkpoint(self.run_dir, self.prm, self.opt, self.sched, self.cfg.optim.lr, weights=False,
+                                load_optimizer=self.worker.load_optimizer, rank=rt.rank, world_size=rt.world_size,
+                                verbose=rt.is_main)
         self.order = DataOrder(len(self.train_set), self.cfg.train.seed, **st["data"])
-        set_rng_state(st["rng"])
         self.step = st["step"]
-        console.print(f"resumed from {ck} at step {self.step}")
 
     def train(self) -> dict:
         """`train_step()` until ``train.max_steps`` with evaluation, logging and checkpoints on the
         ``train.*`` cadences (`posttrain.trainers.common.training_loop`), then a final checkpoint.
         Returns the last metrics and ``checkpoint`` (its folder)."""
         c = self.cfg
-        console.print(f"prm config: {json.dumps(dataclasses.asdict(c), default=str)}")
         pos = sum(sum(lab) for _, lab in self.train_set) / max(1, sum(len(lab) for _, lab in self.train_set))
-        console.print(f"prm sizes: train rows {len(self.train_set)}, eval rows {len(self.eval_set)}, mean step label {pos:.3f}")
+        if self.rt.is_main:
+            console.print(f"prm config: {json.dumps(dataclasses.asdict(c), default=str)}")
+            console.print(f"prm sizes: train rows {len(self.train_set)}, eval rows {len(self.eval_set)}, mean step label {pos:.3f}")
         bar = lambda m: {"loss": m["loss"], "acc": m["step_accuracy"]}  # noqa: E731
         out = training_loop(self, c.train, "prm", "sequences", bar)
         path = self.save()

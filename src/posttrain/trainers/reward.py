@@ -30,15 +30,16 @@ from pathlib import Path
 
 import torch
 
-from posttrain.checkpoint import load_checkpoint_weights, restore_checkpoint
+from posttrain.checkpoint import restore_checkpoint
 from posttrain.configs import RewardConfig, RewardOptions  # noqa: F401  (re-exported)
 from posttrain.logging import MetricsLogger, console
 from posttrain.losses.reward import bradley_terry_loss
 from posttrain.models import attention, load_model_and_tokenizer
 from posttrain.runtime.device import Runtime
-from posttrain.runtime.parallel import full_model_state, grad_sync, load_optimizer_state, place_model
+from posttrain.runtime.parallel import full_model_state
+from posttrain.runtime.worker import PolicyWorker, apply_lora
 from posttrain.trainers.common import (
-    DataOrder, ModelConfig, NullLogger, bind_inputs, build_optimizer, check_global_batch, optimizer_step,
+    DataOrder, ModelConfig, NullLogger, bind_inputs, check_global_batch,
     save_run_checkpoint, seed_everything, start_run, training_loop,
 )
 from posttrain.trainers.pairs import TokenizedPair, load_pairs, pair_batch, tokenize_pairs
@@ -88,14 +89,8 @@ def pair_rewards(rm, pairs: list[TokenizedPair], pad_id: int, rt: Runtime | None
 
 
 def _apply_lora(rm, mcfg: ModelConfig):
-    if mcfg.lora_rank <= 0:
-        return rm
-    from peft import LoraConfig, get_peft_model
-
-    targets = [t for t in mcfg.lora_targets if any(n.endswith(t) for n, _ in rm.named_modules())]
-    lcfg = LoraConfig(r=mcfg.lora_rank, lora_alpha=mcfg.lora_alpha, lora_dropout=mcfg.lora_dropout,
-                      target_modules=targets, task_type="SEQ_CLS", modules_to_save=["score"])
-    return get_peft_model(rm, lcfg)
+    """A reward model's adapter trains (and saves) its scalar head too."""
+    return apply_lora(rm, mcfg, task_type="SEQ_CLS", modules_to_save=["score"])
 
 
 class RewardTrainer:
@@ -121,19 +116,16 @@ class RewardTrainer:
         evals, _ = load_pairs(cfg.data, "eval", source=eval_rows)
         if model is None:
             model, tokenizer = load_reward_backbone(cfg)
-        if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
         if model.config.pad_token_id is None:
             raise ValueError("the reward model's config has no pad_token_id (needed to find the last real token)")
-        self.model = _apply_lora(model, cfg.model).to(self.rt.device)
         self.tokenizer = tokenizer
         self.pairs = tokenize_pairs(tokenizer, train, cfg.data.max_length, cfg.rm.margin_column)
         self.eval_pairs = tokenize_pairs(tokenizer, evals, cfg.data.max_length, cfg.rm.margin_column) if evals else []
         self.run_dir = Path(cfg.train.out)
-        if cfg.train.resume:  # weights before the model is wrapped / sharded, optimizer state after
-            load_checkpoint_weights(self.run_dir, self.model)
-        self.train_model = place_model(self.model, self.rt)
-        self.opt, self.sched = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
+        self.worker = PolicyWorker(model, self.rt, cfg.model, cfg.optim, cfg.train.max_steps, lora=lambda m: _apply_lora(m, cfg.model),
+                                   resume_dir=self.run_dir if cfg.train.resume else None)
+        self.model, self.train_model = self.worker.model, self.worker.train_model
+        self.opt, self.sched = self.worker.opt, self.worker.sched
         self.order = DataOrder(len(self.pairs), cfg.train.seed)
         self.step = 0
         if cfg.train.resume:
@@ -158,16 +150,16 @@ class RewardTrainer:
         starts = range(0, len(idx), c.rm.pairs_per_microbatch)
         for k, i in enumerate(starts):
             chunk = [self.pairs[j] for j in idx[i : i + c.rm.pairs_per_microbatch]]
-            with grad_sync(self.train_model, rt, sync=k == len(starts) - 1):
+            with self.worker.accumulate(last=k == len(starts) - 1):
                 loss, stats = self._loss(chunk, n_global)
-                (loss * rt.grad_scale if rt.distributed else loss).backward()
+                self.worker.backward(loss)
             total += float(loss.detach())
             for key, v in stats.items():
                 stats_sum[key] = stats_sum.get(key, 0.0) + v * len(chunk) / n_global
         if rt.distributed:
             total = rt.all_reduce_sum(total)
             stats_sum = dict(zip(stats_sum, rt.all_reduce_sum(torch.tensor(list(stats_sum.values()), dtype=torch.float64, device=rt._comm_device)).tolist()))
-        grad_norm, lr = optimizer_step(self.model, self.opt, self.sched, c.optim.max_grad_norm, self.step, total)
+        grad_norm, lr = self.worker.step(self.step, total, c.optim.max_grad_norm)
         self.step += 1
         return {"loss": total, "grad_norm": grad_norm, "lr": lr, "pairs": n_global, **stats_sum}
 
@@ -187,7 +179,7 @@ class RewardTrainer:
     def _resume(self) -> None:
         rt = self.rt
         st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr, weights=False,
-                                load_optimizer=lambda sd, fmt: load_optimizer_state(self.model, self.opt, rt, sd, fmt),
+                                load_optimizer=self.worker.load_optimizer,
                                 rank=rt.rank, world_size=rt.world_size, verbose=rt.is_main)
         if st is not None:
             self.order = DataOrder(len(self.pairs), self.cfg.train.seed, **st["data"])

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from posttrain.config import ConfigError
-from posttrain.checkpoint import load_checkpoint_weights, restore_checkpoint
+from posttrain.checkpoint import restore_checkpoint
 from posttrain.data import TokenizedExample, check_sft_examples, pack_rows, packed_batch, pad_batch, tokenize_sft_examples
 from posttrain.logging import MetricsLogger, console, warn
 from posttrain.losses.sft import sft_loss
@@ -31,10 +31,10 @@ from posttrain.models import load_model_and_tokenizer
 from posttrain.ops import aggregate, token_logprobs
 from posttrain.configs import SFTConfig, SFTOptions  # noqa: F401  (re-exported)
 from posttrain.runtime.device import Runtime
-from posttrain.runtime.parallel import grad_sync, load_optimizer_state, place_model
+from posttrain.runtime.worker import PolicyWorker
 from posttrain.trainers.common import (
-    DataOrder, NullLogger, apply_lora, bind_inputs, build_optimizer, check_global_batch, default_verifier,
-    exact_match_eval, load_split, optimizer_step, save_run_checkpoint, seed_everything, start_run, training_loop,
+    DataOrder, NullLogger, bind_inputs, check_global_batch, default_verifier, exact_match_eval, load_split,
+    save_run_checkpoint, seed_everything, start_run, training_loop,
 )
 
 _CPU = Runtime()
@@ -97,9 +97,6 @@ class SFTTrainer:
         self.eval_examples, _ = load_split(cfg.data, "sft_eval", source=eval_rows)
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
-        if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        self.model = apply_lora(model, cfg.model).to(self.rt.device)
         self.tokenizer = tokenizer
         self.train_examples, n_long, why_long = tokenize_sft_examples(tokenizer, train, cfg.data.max_length, cfg.data.on_error)
         if n_empty or n_long:
@@ -124,10 +121,11 @@ class SFTTrainer:
         self.answered = [ex for ex in self.eval_examples if ex.answer is not None and ex.prompt is not None]
         self.verify = default_verifier(self.task) if self.answered else None
         self.run_dir = Path(cfg.train.out)
-        if cfg.train.resume:  # weights before the model is wrapped / sharded, optimizer state after
-            load_checkpoint_weights(self.run_dir, self.model)
-        self.train_model = place_model(self.model, self.rt)
-        self.opt, self.sched = build_optimizer(self.model, cfg.optim, cfg.train.max_steps)
+        # LoRA, placement, optimizer; on resume the weights load before the model is wrapped / sharded
+        self.worker = PolicyWorker(model, self.rt, cfg.model, cfg.optim, cfg.train.max_steps,
+                                   resume_dir=self.run_dir if cfg.train.resume else None)
+        self.model, self.train_model = self.worker.model, self.worker.train_model
+        self.opt, self.sched = self.worker.opt, self.worker.sched
         self.order = DataOrder(len(self.train_examples), cfg.train.seed)
         self.step = 0
         if cfg.train.resume:
@@ -151,7 +149,7 @@ class SFTTrainer:
     def _resume(self) -> None:
         rt = self.rt
         st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr, weights=False,
-                                load_optimizer=lambda sd, fmt: load_optimizer_state(self.model, self.opt, rt, sd, fmt),
+                                load_optimizer=self.worker.load_optimizer,
                                 rank=rt.rank, world_size=rt.world_size, verbose=rt.is_main)
         if st is not None:
             self.order = DataOrder(len(self.train_examples), self.cfg.train.seed, **st["data"])
@@ -173,12 +171,12 @@ class SFTTrainer:
         total = 0.0
         mbs = list(make_batches(batch, c.sft, self.tokenizer.pad_token_id, rt.device))
         for k, mb in enumerate(mbs):
-            with grad_sync(self.train_model, rt, sync=k == len(mbs) - 1):
+            with self.worker.accumulate(last=k == len(mbs) - 1):
                 loss, nll_sum = microbatch_loss(self.train_model, mb, n_loss, rt)
-                (loss * rt.grad_scale if rt.distributed else loss).backward()
+                self.worker.backward(loss)
             total += nll_sum
         total = rt.all_reduce_sum(total)
-        grad_norm, lr = optimizer_step(self.model, self.opt, self.sched, c.optim.max_grad_norm, self.step, total / n_loss)
+        grad_norm, lr = self.worker.step(self.step, total / n_loss, c.optim.max_grad_norm)
         self.step += 1
         return {"loss": total / n_loss, "grad_norm": grad_norm, "lr": lr,
                 "tokens": int(rt.all_reduce_sum(sum(len(e) for e in batch))), "loss_tokens": n_loss}
