@@ -198,7 +198,8 @@ class RLOptions:
     engine: Literal["hf", "vllm"] = "hf"  # rollout engine
     rollout_sequences_per_batch: int = ranged(256, gt=0)  # sequences decoded together by the engine
     lean_decoder: bool = True  # hf engine: models.fast.LeanDecoder for plain Llama/Qwen2/Mistral models
-    share_prompts: bool = True  # policy / reference passes run each group's prompt once (same values)
+    share_prompts: bool = True  # policy / reference passes run each group's prompt once (same values; off under data parallelism)
+    seed_per_prompt: bool = False  # each prompt samples from its own seeded stream: rollouts independent of batching and of the rank count
     max_refill_rounds: int = ranged(3, ge=0)  # extra sampling rounds per step while gates refuse groups (dynamic sampling, reward_band)
     # online curriculum (posttrain.trainers.curriculum): which prompts are sampled, which groups are admitted
     sampler: Literal["uniform", "pass_rate"] = "uniform"  # uniform passes, or prefer prompts with pass rate near 1/2 (weight p(1-p) + floor)

@@ -109,3 +109,24 @@ def test_lean_decoder_and_hf_forward_sample_the_same_tokens(name):
             assert [c.finish_reason for c in a] == [c.finish_reason for c in b]
             for ca, cb in zip(a, b):
                 assert torch.allclose(torch.tensor(ca.logprobs), torch.tensor(cb.logprobs), atol=1e-5)
+
+
+def test_per_prompt_seeds_make_samples_independent_of_batching(tiny):
+    """With `seeds`, what a prompt samples depends on its seed only: alone, in another batch, in a
+    batch split across engines (data-parallel ranks) or in another order, its completions are equal;
+    another seed gives other completions."""
+    model, tok = tiny
+    prompts = [encode_prompt(tok, f"{a}+{a + 1}=") for a in range(6)]
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seeds=tuple(range(100, 106)))
+    together = HFEngine(model, tok, sequences_per_batch=18).generate(prompts, params)
+    small = HFEngine(model, tok, sequences_per_batch=3)  # one prompt per engine batch
+    halves = (small.generate(prompts[:3], SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seeds=(100, 101, 102)))
+              + small.generate(prompts[3:], SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seeds=(103, 104, 105))))
+    flipped = small.generate(prompts[::-1], SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seeds=tuple(range(105, 99, -1))))[::-1]
+    ids = lambda outs: [[c.token_ids for c in group] for group in outs]  # noqa: E731
+    assert ids(together) == ids(halves) == ids(flipped)
+    assert len({tuple(c.token_ids) for group in together for c in group}) > 6  # they really sample
+    other = HFEngine(model, tok).generate(prompts, SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seeds=tuple(range(6))))
+    assert ids(other) != ids(together)
+    with pytest.raises(ValueError, match="3 seeds for 6 prompts"):
+        small.generate(prompts, SamplingParams(n=1, temperature=1.0, seeds=(1, 2, 3)))

@@ -29,6 +29,9 @@ class SamplingParams:
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()  # stop strings; the completion keeps the stop string
     seed: int | None = None
+    # one seed per prompt: prompt i's k-th completion draws from its own stream (seeds[i], k), so what a
+    # prompt samples does not depend on the prompts batched with it, or on which rank generates it
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass

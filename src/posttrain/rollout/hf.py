@@ -73,6 +73,8 @@ class HFEngine:
             if not p:
                 raise ValueError(f"empty prompt (no tokens) at index {i} given to the rollout engine")
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        if params.seeds is not None and len(params.seeds) != len(prompts):
+            raise ValueError(f"SamplingParams.seeds has {len(params.seeds)} seeds for {len(prompts)} prompts")
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding per batch
         results: list[list[Completion]] = [[] for _ in prompts]
         copies = min(params.n, self.sequences_per_batch)  # rows per prompt in one batch
@@ -86,24 +88,34 @@ class HFEngine:
                 idx = order[s : s + per_batch]
                 for done in range(0, params.n, copies):  # n > sequences_per_batch: a prompt in chunks
                     c = min(copies, params.n - done)
-                    comps = self._generate_batch(runner, [list(prompts[i]) for i in idx], c, params, gen)
+                    streams = None if params.seeds is None else [(params.seeds[i], done + k) for i in idx for k in range(c)]
+                    comps = self._generate_batch(runner, [list(prompts[i]) for i in idx], c, params, gen, streams)
                     for j, i in enumerate(idx):
                         results[i].extend(comps[j * c : (j + 1) * c])
         finally:
             self.model.train(was_training)
         return results
 
-    def _generate_batch(self, runner, prompts, copies: int, params: SamplingParams, gen) -> list[Completion]:
-        """`copies` completions of each prompt, prompt-major: row j * copies + k is prompt j's k-th."""
+    def _generate_batch(self, runner, prompts, copies: int, params: SamplingParams, gen, streams=None) -> list[Completion]:
+        """`copies` completions of each prompt, prompt-major: row j * copies + k is prompt j's k-th.
+        `streams`: (seed, copy) per row: the row's uniforms come from its own generator."""
         U, P = len(prompts), max(len(p) for p in prompts)
         B = U * copies
+        uniforms = None
+        if streams is not None and params.temperature > 0:
+            uniforms = torch.stack([torch.rand(params.max_new_tokens, generator=torch.Generator().manual_seed(
+                (int(seed) * 1_000_003 + int(k)) % (2**63 - 1))) for seed, k in streams])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         eos = self.tokenizer.eos_token_id
+        dev = next(self.model.parameters()).device  # the bookkeeping lives beside the model (no copy per token)
         ids = torch.full((U, P), pad, dtype=torch.long)
         mask = torch.zeros((U, P), dtype=torch.long)
         for b, p in enumerate(prompts):
             ids[b, P - len(p) :] = torch.tensor(p)
             mask[b, P - len(p) :] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        if uniforms is not None:
+            uniforms = uniforms.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         logits = runner.prefill(ids, mask, pos, capacity=P + params.max_new_tokens)
         last_pos = pos[:, -1]
@@ -112,14 +124,14 @@ class HFEngine:
             mask, last_pos, logits = (x.repeat_interleave(copies, dim=0) for x in (mask, last_pos, logits))
         # Token bookkeeping stays in tensors indexed by the original row; `rows` maps the rows still
         # in the batch to it. Python loops over rows only for stop strings.
-        tokens = torch.full((B, params.max_new_tokens), pad, dtype=torch.long)
-        logps = torch.zeros((B, params.max_new_tokens))
-        lengths = torch.zeros(B, dtype=torch.long)
-        done = torch.zeros(B, dtype=torch.bool)
+        tokens = torch.full((B, params.max_new_tokens), pad, dtype=torch.long, device=dev)
+        logps = torch.zeros((B, params.max_new_tokens), device=dev)
+        lengths = torch.zeros(B, dtype=torch.long, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
         stop_hit: list[str | None] = [None] * B
-        rows = torch.arange(B)
+        rows = torch.arange(B, device=dev)
         for t in range(params.max_new_tokens):
-            tok, lp = self._sample(logits, params, gen, rows, B)
+            tok, lp = self._sample(logits, params, gen, rows, B, None if uniforms is None else uniforms[rows, t])
             tokens[rows, t], logps[rows, t] = tok, lp
             lengths[rows] += 1
             fin = tok == eos if eos is not None else torch.zeros_like(tok, dtype=torch.bool)
@@ -138,10 +150,10 @@ class HFEngine:
                 keep = (~fin).nonzero().flatten()
                 runner.select_rows(keep)
                 rows, tok, mask, last_pos = rows[keep], tok[keep], mask[keep], last_pos[keep]
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long, device=dev)], dim=1)
             last_pos = last_pos + 1
             logits = runner.decode(tok, mask, last_pos)
-        token_lists, lp_lists, done_list = tokens.tolist(), logps.tolist(), done.tolist()
+        token_lists, lp_lists, done_list, lengths = tokens.tolist(), logps.tolist(), done.tolist(), lengths.cpu()
         texts = self.tokenizer.batch_decode([token_lists[b][: int(lengths[b])] for b in range(B)], skip_special_tokens=True)
         return [
             Completion(
@@ -153,16 +165,18 @@ class HFEngine:
         ]
 
     @staticmethod
-    def _sample(logits: torch.Tensor, params: SamplingParams, gen, rows: torch.Tensor, batch: int):
-        """Sample one token per live row; `rows` are their original indices among `batch` rows."""
+    def _sample(logits: torch.Tensor, params: SamplingParams, gen, rows: torch.Tensor, batch: int, u=None):
+        """Sample one token per live row; `rows` are their original indices among `batch` rows; `u`:
+        the rows' uniforms (per-row streams), else drawn from `gen`."""
         if params.temperature <= 0:
             tok = logits.argmax(-1)
             return tok, torch.log_softmax(logits, -1).gather(-1, tok[:, None]).squeeze(-1)
         scaled = logits / params.temperature
         logp = torch.log_softmax(scaled, -1)
         cdf = _top_p_filter(scaled, params.top_p).softmax(-1).cumsum(-1)
-        u = torch.rand(batch, generator=gen)[rows]  # every original row draws, live or not
-        tok = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
+        if u is None:
+            u = torch.rand(batch, generator=gen)[rows.cpu()]  # every original row draws, live or not
+        tok = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
         return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 

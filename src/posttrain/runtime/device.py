@@ -29,7 +29,7 @@ and a trainer is written once for 1 or N ranks:
   numbers.
 
 Helpers: `Runtime.is_main`, `all_reduce_sum` (tensor or float; a no-op alone), `shard` (this rank's
-share of a list, contiguous by default — see its docstring), `gather_object`, `broadcast_object`,
+share of a list, contiguous by default — see its docstring), `all_gather_cat`, `gather_object`, `broadcast_object`,
 `barrier`, `on_main` (run a side effect on rank 0 and share its result or its error), `rng_state` /
 `set_rng_state` (torch, CUDA when initialised, Python, NumPy), `destroy`.
 """
@@ -119,6 +119,19 @@ class Runtime:
             raise ValueError(f"cannot split {len(items)} items evenly across {self.world_size} ranks")
         k = len(items) // self.world_size
         return items[self.rank * k : (self.rank + 1) * k]
+
+    def all_gather_cat(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's `t` (the same shape on every rank) concatenated along dim 0 in rank order
+        (`t` itself alone). Bool tensors travel as uint8 (gloo has no bool all-gather)."""
+        if not self.distributed:
+            return t
+        import torch.distributed as dist
+
+        send = t.to(torch.uint8) if t.dtype == torch.bool else t.contiguous()
+        parts = [torch.empty_like(send) for _ in range(self.world_size)]
+        dist.all_gather(parts, send)
+        out = torch.cat(parts)
+        return out.bool() if t.dtype == torch.bool else out
 
     def gather_object(self, obj) -> list:
         """`obj` of every rank, in rank order, on every rank (``[obj]`` alone)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from posttrain.config import ConfigError
 
-WIRED = frozenset({"sft", "rm", "dpo", "prm"})  # stages that honour runtime.device / dtype / parallel
+WIRED = frozenset({"sft", "rm", "dpo", "prm", "rl"})  # stages that honour runtime.device / dtype / parallel
 
 
 def check_runtime(cfg, stage: str) -> None:

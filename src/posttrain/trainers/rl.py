@@ -60,16 +60,17 @@ import torch
 
 from posttrain.config import ConfigError
 from posttrain.advantages import estimator_needs, zero_std_group_fraction
-from posttrain.checkpoint import restore_checkpoint, save_checkpoint
-from posttrain.runs import prepare_run
+from posttrain.checkpoint import load_state, restore_checkpoint, save_checkpoint
 from posttrain.data import encode_prompt
 from posttrain.logging import MetricsLogger, ProgressBar, console, warn
 from posttrain.models import load_model_and_tokenizer
 from posttrain.rewards import make_overlong_penalty
 from posttrain.rollout import HFEngine, PolicyWeights, SamplingParams
+from posttrain.runtime.device import fail_point, rng_state
+from posttrain.runtime.worker import PolicyWorker
 from posttrain.trainers.common import (
-    apply_lora, bind_inputs, build_optimizer, default_verifier, exact_match_eval, load_split, read_split,
-    saved_on_interrupt, seed_everything,
+    NullLogger, bind_inputs, check_global_batch, default_verifier, exact_match_eval, load_split, read_split,
+    saved_on_interrupt, seed_everything, start_run,
 )
 from posttrain.trainers.curriculum import admit, make_sampler
 from posttrain.trainers.rl_batch import (
@@ -77,7 +78,9 @@ from posttrain.trainers.rl_batch import (
     load_prm_scorer, policy_forward, policy_mask, prm_step_scores, prompt_text, score, token_reward_stream,
 )
 from posttrain.trainers.rl_config import RLConfig, RLOptions, algorithm_of  # noqa: F401 (RLOptions re-exported)
-from posttrain.trainers.rl_update import UpdateSpec, health_warnings, merge_stats, mismatch_stats, step_advantages, update_value
+from posttrain.trainers.rl_update import (
+    UpdateSpec, global_step_advantages, health_warnings, merge_stats, mismatch_stats, update_value,
+)
 
 
 class RLTrainer:
@@ -111,36 +114,55 @@ class RLTrainer:
         if c.samples_per_prompt < self.kind.min_samples_per_prompt:
             raise ConfigError(f"--algo {cfg.algo} (rl.loss {self.alg.loss}) needs samples_per_prompt >= "
                               f"{self.kind.min_samples_per_prompt} ({self.kind.why})")
-        self.resume_from = prepare_run(cfg, "rl", (cfg.model.name, c.prm_model))
+        self.rt, self.resume_from = start_run(cfg, "rl", (cfg.model.name, c.prm_model))
+        rt = self.rt
+        check_global_batch(rt, "rl.prompts_per_step", c.prompts_per_step)
+        if rt.distributed:
+            why = ("rl.env (multi-turn episodes)" if c.env else "rl.engine vllm" if c.engine != "hf"
+                   else f"--algo {cfg.algo} (whole-group updates)" if self.kind.whole_groups else None)
+            if why:
+                raise ConfigError(f"runtime.parallel={rt.parallel}: {why} does not run data-parallel yet; run it as one process")
         seed_everything(cfg.train.seed)
         self.env = self._build_env() if c.env else None
         self._raw_rows = self._read_rows()  # the data first: a bad row is reported before any model is loaded
         if model is None:
             model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code, seed=cfg.train.seed)
-        self.model, self.tokenizer = apply_lora(model, cfg.model), tokenizer
+        self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._load_data(reward_fns, eval_src)
-        self.ref = self._frozen_copy(self.model) if self.alg.needs_reference else None
-        self.critic = ValueModel(self.model) if self.alg.value_model else None
+        self.run_dir = Path(cfg.train.out)
+        critic = ValueModel(model) if self.alg.value_model else None  # a copy of the starting backbone, before sharding
         total_updates = cfg.train.max_steps * c.minibatches_per_rollout * c.epochs_per_rollout
-        self.opt, self.sched = build_optimizer(self.model, cfg.optim, total_updates)
-        self.critic_opt = build_optimizer(self.critic, cfg.optim, total_updates)[0] if self.critic else None
+        # LoRA, placement, optimizer, the reference (under LoRA: the adapter disabled, no copy)
+        self.worker = PolicyWorker(model, rt, cfg.model, cfg.optim, total_updates, reference=self.alg.needs_reference,
+                                   engine=True, resume_dir=self.run_dir if cfg.train.resume else None)
+        self.model, self.opt, self.sched = self.worker.model, self.worker.opt, self.worker.sched
+        self.critic_worker = None
+        if critic is not None:
+            if cfg.train.resume:
+                critic.load_state_dict(load_state(self.resume_from)["critic"])
+            self.critic_worker = PolicyWorker(critic, rt, None, cfg.optim, total_updates)
+        self.critic = self.critic_worker.model if self.critic_worker else None
+        self.generator = self.worker.engine_model()  # the module rollouts and evaluation run (a plain copy under fsdp2)
         self.engine = self._build_engine()
         if c.prm_model and (not self.kind.dense_rewards or c.prm_coef < 0):
             raise ConfigError("rl.prm_model needs a policy-gradient --algo (not online_dpo) and rl.prm_coef >= 0")
         self.prm_scorer, self.prm_sep = (None, "") if not c.prm_model else load_prm_scorer(
             c.prm_model, c.prm_step_sep, c.sequences_per_microbatch, cfg.data.max_length)
-        self.run_dir, self.step_num = Path(cfg.train.out), 0
+        self.step_num = 0
         self.counts: Counter = Counter()  # cumulative bad-case counts
         self._warned: Counter = Counter()
         self.history: list[dict] = []
         if cfg.train.resume:
             self._resume()
-        self.logger = MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
-        self._prompt_log = open(self.run_dir / "prompt_rewards.jsonl", "a")  # per-prompt reward history (LIMR)
+        self.logger = (MetricsLogger(self.run_dir, cfg.train.loggers, dataclasses.asdict(cfg), resume=cfg.train.resume)
+                       if rt.is_main else NullLogger())
+        self._prompt_log = open(self.run_dir / "prompt_rewards.jsonl", "a") if rt.is_main else None  # per-prompt reward history (LIMR)
 
     def _log_prompt(self, i: int, rewards: torch.Tensor, admitted: bool) -> None:
         """One line per sampled group: the data for LIMR's learning-impact score (`posttrain data select`)."""
+        if not self.rt.is_main:
+            return
         ex = self.rows[i]
         if self._prompt_log.closed:  # collecting after train() finished
             self._prompt_log = open(self.run_dir / "prompt_rewards.jsonl", "a")
@@ -211,19 +233,10 @@ class RLTrainer:
         counts = Counter({("empty_prompt" if "empty" in reason else f"bad_row: {reason}"): k for reason, k in report.skipped.items()})
         return rows, task, counts
 
-    @staticmethod
-    def _frozen_copy(model):
-        import copy
-
-        ref = copy.deepcopy(model).eval()
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        return ref
-
     def _build_engine(self):
         c = self.cfg.rl
         if c.engine == "hf":
-            return HFEngine(self.model, self.tokenizer, sequences_per_batch=c.rollout_sequences_per_batch, lean=c.lean_decoder)
+            return HFEngine(self.generator, self.tokenizer, sequences_per_batch=c.rollout_sequences_per_batch, lean=c.lean_decoder)
         if c.engine == "vllm":
             from posttrain.rollout.vllm import VLLMEngine, import_vllm, save_for_vllm
 
@@ -246,7 +259,8 @@ class RLTrainer:
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "rewards": [getattr(f, "__name__", str(f)) + f" x{w}" for f, w in self.reward_fns],
-            "reference_model": self.ref is not None, "value_model": self.critic is not None,
+            "reference_model": self.worker.has_reference, "value_model": self.critic is not None,
+            "ranks": self.rt.world_size, "parallel": self.rt.parallel,
             "prm": {"model": c.prm_model, "coef": c.prm_coef, "step_sep": self.prm_sep, "baseline": c.prm_baseline,
                     "use": "token_rewards" if self.needs.token_rewards else "process_advantages"}
             if self.prm_scorer is not None else None,
@@ -272,20 +286,44 @@ class RLTrainer:
         self.advantages(batch, m)  # (KL-shaped) rewards -> advantages
         t1 = time.perf_counter()
         m.update(self.update(batch))  # epochs x minibatches optimizer steps
-        self.engine.update_weights(PolicyWeights(self.model), self.step_num + 1)  # sync weights (on-policy rollouts)
+        self.engine.update_weights(self.worker.named_weights(), self.step_num + 1)  # sync weights (on-policy rollouts)
         m["time/update_s"] = time.perf_counter() - t1
         self.step_num += 1
-        m["completions_per_s"] = len(batch) / (time.perf_counter() - t0)
+        m["completions_per_s"] = len(batch) * self.rt.world_size / (time.perf_counter() - t0)
         return m
 
-    def _sample(self, n_prompts: int, round_: int):
-        c = self.cfg.rl
+    def _sample(self, n_prompts: int, round_: int, stats: Counter):
+        """One sampling round: (prompt indices, their groups of completions, the groups' rewards), the
+        same lists on every rank. Under data parallelism each rank generates and scores every N-th
+        prompt of the round with its own engine, and the ranks share the results; reward failures are
+        counted into `stats` (over all ranks)."""
+        c, rt = self.cfg.rl, self.rt
         idx = self.sampler.take(n_prompts)
+        base = self.cfg.train.seed * 1_000_003 + self.step_num * 97 + round_
+        mine = list(range(rt.rank, len(idx), rt.world_size))  # strided: a round of any size splits
         params = SamplingParams(n=c.samples_per_prompt, temperature=c.temperature, top_p=c.top_p,
-                                max_new_tokens=c.max_new_tokens, stop=tuple(c.stop),
-                                seed=self.cfg.train.seed * 1_000_003 + self.step_num * 97 + round_)
-        outs = self.engine.generate([self.prompt_ids[i] for i in idx], params)
-        return idx, outs
+                                max_new_tokens=c.max_new_tokens, stop=tuple(c.stop), seed=base + 7919 * rt.rank,
+                                seeds=tuple(base * 1009 + j for j in mine) if c.seed_per_prompt else None)
+        outs = self.engine.generate([self.prompt_ids[idx[j]] for j in mine], params) if mine else []
+        flat = [comp for group in outs for comp in group]
+        rows = [self.rows[idx[j]] for j in mine for _ in range(c.samples_per_prompt)]
+        failures: dict = {}
+        groups = []
+        if flat:
+            out = score(self.reward_fns, rows, flat, c.reward_timeout_s, trl_shapes=self.task is None)
+            failures = {kind: dict(getattr(out, kind)) for kind in ("errors", "timeouts", "nans", "missing")}
+            groups = [out.total[g * c.samples_per_prompt : (g + 1) * c.samples_per_prompt] for g in range(len(mine))]
+        if rt.distributed:
+            shared = rt.gather_object((outs, [g.tolist() for g in groups], failures))
+            outs, groups, failures = [None] * len(idx), [None] * len(idx), {}
+            for r, (o, gs, fails) in enumerate(shared):
+                for pos, j in enumerate(range(r, len(idx), rt.world_size)):
+                    outs[j], groups[j] = o[pos], torch.tensor(gs[pos], dtype=torch.float32)
+                for kind, names in fails.items():
+                    for name, k in names.items():
+                        failures.setdefault(kind, {})[name] = failures.get(kind, {}).get(name, 0) + k
+        self._count_reward_failures(failures, stats)
+        return idx, outs, groups
 
     def _sample_env(self, n_prompts: int, round_: int, m: dict):
         """Episodes of ``samples_per_prompt`` sessions on each of `n_prompts` env rows: (row indices,
@@ -320,12 +358,8 @@ class RLTrainer:
             if self.env is not None:
                 idx, outs, groups, out = self._sample_env(need, round_, m)
             else:
-                idx, outs = self._sample(need, round_)
-                flat = [comp for group in outs for comp in group]
-                rows = [self.rows[i] for i in idx for _ in range(c.samples_per_prompt)]
-                out = score(self.reward_fns, rows, flat, c.reward_timeout_s, trl_shapes=self.task is None)
-                self._count_reward_failures(out, stats)
-                groups = [out.total[g * c.samples_per_prompt : (g + 1) * c.samples_per_prompt] for g in range(len(idx))]
+                idx, outs, groups = self._sample(need, round_, stats)
+                out = None
             stats["sampled_groups"] += len(idx)
             self.sampler.observe(idx, [float(r.mean()) for r in groups])
             for g, (i, r) in enumerate(zip(idx, groups)):
@@ -344,26 +378,35 @@ class RLTrainer:
             m["dynamic_sampling/kept_groups"] = len(kept)
             if len(kept) < c.prompts_per_step:
                 self._warn("refill", f"the admission gates kept {len(kept)}/{c.prompts_per_step} groups after {c.max_refill_rounds} refills")
+        kept = kept[: c.prompts_per_step]
+        if self.rt.distributed:  # equal shares: a short step trains on a multiple of the rank count
+            kept = kept[: len(kept) // self.rt.world_size * self.rt.world_size]
         if not kept:
             self._warn("no_groups", "no group with reward variance this step: nothing to learn, update skipped")
             return None
-        return self._make_batch(kept[: c.prompts_per_step], m)
+        if not self.rt.distributed:
+            return self._make_batch(kept, m)
+        m.update(self._batch_stats(self._make_batch(kept, None, baseline=False)))  # the step's stats over every rank's groups
+        length = max(1, max(len(comp.token_ids) for _, group, *_ in kept for comp in group))
+        return self._make_batch(self.rt.shard(kept), None, length=length)  # this rank's groups, padded as the others
 
-    def _make_batch(self, kept, m: dict) -> RolloutBatch:
+    def _make_batch(self, kept, m: dict | None, length: int | None = None, baseline: bool = True) -> RolloutBatch:
+        """The batch of the groups `kept`; its stats into `m` (None: not); `length`: pad to it."""
         c = self.cfg.rl
         rows = [self.rows[i] for i, group, *_ in kept for _ in group]
         prompt_ids = [getattr(comp, "prompt_ids", None) or self.prompt_ids[i] for i, group, *_ in kept for comp in group]
         completions = [comp for _, group, *_ in kept for comp in group]
-        ids, tmask, lmask, rlp, trunc = collate_completions(completions, self.pad_id, self.alg.mask_truncated)
+        ids, tmask, lmask, rlp, trunc = collate_completions(completions, self.pad_id, self.alg.mask_truncated, length)
         groups = torch.arange(len(kept)).repeat_interleave(torch.tensor([len(group) for _, group, *_ in kept]))
         rewards = torch.cat([r for _, _, r, _ in kept])
         batch = RolloutBatch(rows, prompt_ids, completions, ids, tmask, lmask, rlp, trunc, groups, rewards)
         batch.policy_mask = policy_mask(completions, ids.shape[1])  # multi-turn: env tokens are not the policy's
         batch.token_rewards = token_reward_stream(completions, ids.shape[1])
-        if self.needs is not None and self.needs.baseline_rollout:  # ReMax: a greedy rollout per prompt
+        if baseline and self.needs is not None and self.needs.baseline_rollout:  # ReMax: a greedy rollout per prompt
             batch.baseline = self._greedy_baseline([i for i, *_ in kept]).repeat_interleave(c.samples_per_prompt)
-        m.update(self._batch_stats(batch))
-        if c.show_every and (self.step_num % c.show_every == 0):
+        if m is not None:
+            m.update(self._batch_stats(batch))
+        if c.show_every and (self.step_num % c.show_every == 0) and self.rt.is_main and length is None:
             self._show(batch)
         return batch
 
@@ -390,22 +433,28 @@ class RLTrainer:
     def reference(self, batch: RolloutBatch, m: dict) -> None:
         """No-grad passes: old-policy logprobs (when needed), reference logprobs, critic values."""
         c, alg = self.cfg.rl, self.alg
-        size, temp, share = c.sequences_per_microbatch, c.temperature, c.share_prompts
+        size, temp, share = c.sequences_per_microbatch, c.temperature, self._share_prompts
         fused = c.minibatches_per_rollout * c.epochs_per_rollout == 1 and alg.kl_placement != "reward" and self.kind.fuses_old_logp
         if not fused:
-            batch.old_logp = batched_no_grad(lambda p, x, k: policy_forward(self.model, p, x, k, self.pad_id, temp, "none", share)[0],
-                                             batch, size)
+            batch.old_logp = self.worker.logprobs(lambda model: batched_no_grad(
+                lambda p, x, k: policy_forward(model, p, x, k, self.pad_id, temp, "none", share)[0], batch, size))
             m.update(mismatch_stats(batch.old_logp, batch))
-        if self.ref is not None:
-            batch.ref_logp = batched_no_grad(lambda p, x, k: policy_forward(self.ref, p, x, k, self.pad_id, temp, "none", share)[0],
-                                             batch, size)
+        if self.worker.has_reference:
+            with self.worker.reference() as ref, self.rt.autocast():
+                batch.ref_logp = batched_no_grad(lambda p, x, k: policy_forward(ref, p, x, k, self.pad_id, temp, "none", share)[0],
+                                                 batch, size)
         if self.critic is not None:
-            batch.values = batched_no_grad(lambda p, x, k: self.critic(p, x, k, self.pad_id), batch, size)
+            batch.values = self.critic_worker.logprobs(lambda critic: batched_no_grad(lambda p, x, k: critic(p, x, k, self.pad_id), batch, size))
+
+    @property
+    def _share_prompts(self) -> bool:
+        """The shared-prompt forward runs two passes per backward; a DDP / FSDP2 module expects one."""
+        return self.cfg.rl.share_prompts and not self.rt.distributed
 
     def advantages(self, batch: RolloutBatch, m: dict) -> None:
         """(KL-shaped) rewards -> advantages (`rl_update.step_advantages`); none for online DPO."""
         if self.kind.advantages:
-            m.update(step_advantages(self.alg, batch, self.cfg.rl.prm_coef, self.cfg.rl.prm_baseline))
+            m.update(global_step_advantages(self.alg, batch, self.rt, self.cfg.rl.prm_coef, self.cfg.rl.prm_baseline))
 
     def update(self, batch: RolloutBatch) -> dict:
         """``rl.epochs_per_rollout`` passes over `batch` in ``rl.minibatches_per_rollout`` optimizer
@@ -426,27 +475,28 @@ class RLTrainer:
     def _optimizer_step(self, batch: RolloutBatch, idx: list[int]) -> dict:
         c = self.cfg.rl
         self.model.train()
-        spec = UpdateSpec(self.pad_id, c.temperature, c.sequences_per_microbatch, c.max_new_tokens, c.share_prompts)
-        st = self.kind.backward(self.model, batch, idx, self.alg, spec)
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.optim.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise FloatingPointError(f"rl step {self.step_num + 1}: gradient norm is {float(grad_norm)} (loss {st.get('loss')})")
-        st["grad_norm"], st["lr"] = float(grad_norm), self.sched.get_last_lr()[0]
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
+        spec = UpdateSpec(self.pad_id, c.temperature, c.sequences_per_microbatch, c.max_new_tokens, self._share_prompts)
+        with self.rt.autocast():
+            st = self.kind.backward(self.worker, batch, idx, self.alg, spec)
+        try:
+            st["grad_norm"], st["lr"] = self.worker.step(self.step_num, st.get("loss"), self.cfg.optim.max_grad_norm)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"rl {e}") from None
         if self.critic is not None:
-            st.update(update_value(self.critic, self.critic_opt, batch, idx, self.alg, self.pad_id, c.sequences_per_microbatch, self.cfg.optim.max_grad_norm))
+            with self.rt.autocast():
+                st.update(update_value(self.critic_worker, batch, idx, self.alg, self.pad_id, c.sequences_per_microbatch,
+                                       self.cfg.optim.max_grad_norm, self.step_num))
         return st
 
     # ------------------------------------------------------------------ health and logging
-    def _count_reward_failures(self, out, stats: Counter) -> None:
+    def _count_reward_failures(self, failures: dict, stats: Counter) -> None:
+        """`failures`: kind (errors, timeouts, nans, missing) -> reward name -> count, of one round."""
         for kind in ("errors", "timeouts", "nans", "missing"):
-            k = sum(getattr(out, kind).values())
+            k = sum(failures.get(kind, {}).values())
             stats[kind] += k
             self.counts[f"reward_{kind}"] += k
         for kind in ("errors", "timeouts", "nans"):
-            bad = {name: v for name, v in getattr(out, kind).items() if v}
+            bad = {name: v for name, v in failures.get(kind, {}).items() if v}
             if bad:
                 self._warn(f"reward_{kind}", f"reward {kind}: {bad} (scored as 0.0; total so far {self.counts[f'reward_{kind}']})")
 
@@ -468,7 +518,7 @@ class RLTrainer:
     def _warn(self, kind: str, msg: str) -> None:
         self._warned[kind] += 1
         n = self._warned[kind]
-        if n == 1 or n % 10 == 0:
+        if (n == 1 or n % 10 == 0) and self.rt.is_main:
             warn(f"step {self.step_num + 1}: {msg}" + (f" (seen {n} times)" if n > 1 else ""))
 
     def evaluate(self) -> dict:
@@ -476,7 +526,8 @@ class RLTrainer:
         if not self.eval_rows:
             return {}
         n = self.cfg.rl.eval_max_new_tokens or self.cfg.rl.max_new_tokens
-        res = exact_match_eval(self.model, self.tokenizer, self.eval_rows, self.verify, n, self.cfg.rl.rollout_sequences_per_batch)
+        with self.rt.autocast():  # every rank runs it (no collective inside), on the engine's module
+            res = exact_match_eval(self.generator, self.tokenizer, self.eval_rows, self.verify, n, self.cfg.rl.rollout_sequences_per_batch)
         res.pop("samples")
         return {f"eval/{k}": v for k, v in res.items()}
 
@@ -487,18 +538,21 @@ class RLTrainer:
         and at the end (Ctrl-C saves the last finished step). Returns the last step's metrics, the
         ``before/eval/*`` and final ``eval/*`` values, ``checkpoint`` (its folder) and ``bad_cases``
         (reward failures and skipped rows, counted by kind)."""
-        c = self.cfg
-        console.print(f"rl config: {json.dumps(dataclasses.asdict(c), default=str)}")
-        console.print(f"rl sizes: {json.dumps(self.describe(), default=str)}")
+        c, main = self.cfg, self.rt.is_main
+        if main:
+            console.print(f"rl config: {json.dumps(dataclasses.asdict(c), default=str)}")
+            console.print(f"rl sizes: {json.dumps(self.describe(), default=str)}")
         before = self.evaluate() if c.train.eval_every >= 0 and self.step_num == 0 else {}
         if before:
-            console.print(f"eval before RL: {json.dumps({k: round(v, 4) for k, v in before.items()})}")
+            if main:
+                console.print(f"eval before RL: {json.dumps({k: round(v, 4) for k, v in before.items()})}")
             self.logger.log(before, self.step_num)
         last: dict = {}
         with saved_on_interrupt(self, "rl", "step_num"), \
-                ProgressBar(c.train.max_steps, f"rl/{c.algo}", c.train.progress, start=self.step_num,
+                ProgressBar(c.train.max_steps, f"rl/{c.algo}", c.train.progress and main, start=self.step_num,
                             every=c.train.log_every, every_s=c.train.progress_every_s) as bar:
             while self.step_num < c.train.max_steps:
+                fail_point(self.rt, f"step-{self.step_num + 1}")
                 m = self.step()
                 for msg in health_warnings(m, self.alg, c.rl.min_entropy, c.rl.max_kl):
                     self._warn(msg.split(":")[0], msg)
@@ -514,33 +568,51 @@ class RLTrainer:
         final = self.evaluate()
         if final:
             self.logger.log(final, self.step_num)
-            console.print(f"eval after RL: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
-        if self.counts or self.load_counts:
+            if main:
+                console.print(f"eval after RL: {json.dumps({k: round(v, 4) for k, v in final.items()})}")
+        if (self.counts or self.load_counts) and main:
             console.print(f"rl bad cases: {json.dumps({**dict(self.counts), **dict(self.load_counts)})}")
         path = self.save()
         self.logger.close()
-        self._prompt_log.close()
+        if self._prompt_log is not None:
+            self._prompt_log.close()
         return {**last, **{f"before/{k}": v for k, v in before.items()}, **final, "checkpoint": str(path),
                 "bad_cases": {**dict(self.counts), **dict(self.load_counts)}}
 
     def save(self) -> Path:
         """Write a checkpoint of the current step to the run folder (model or LoRA adapter, tokenizer,
-        optimizer, schedule, prompt sampler and critic states); returns its folder."""
-        state = {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "data": self.sampler.state()}
-        if self.critic is not None:
-            state.update(critic=self.critic.state_dict(), critic_optimizer=self.critic_opt.state_dict())
-        return save_checkpoint(self.run_dir, self.step_num, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints)
+        optimizer, schedule, prompt sampler and critic states); returns its folder. Collective under
+        data parallelism: every rank calls it, rank 0 writes (FSDP2 states gathered first)."""
+        rt = self.rt
+        model_state, opt_state, fmt = self.worker.checkpoint_state()
+        state = {"optimizer": opt_state, "optimizer_format": fmt, "scheduler": self.sched.state_dict(), "data": self.sampler.state()}
+        if self.critic_worker is not None:
+            c_model, c_opt, c_fmt = self.critic_worker.checkpoint_state()
+            state.update(critic=c_model if c_model is not None else self.critic.state_dict(), critic_optimizer=c_opt,
+                         critic_optimizer_format=c_fmt, critic_scheduler=self.critic_worker.sched.state_dict())
+        rngs = rt.gather_object(rng_state())
+        path = self.run_dir / "checkpoints" / f"step-{self.step_num:07d}"
+        if rt.is_main:
+            state.update(world_size=rt.world_size, rng_per_rank=rngs)
+            path = save_checkpoint(self.run_dir, self.step_num, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints,
+                                   model_state=model_state)
+        rt.barrier()
+        return path
 
     def _resume(self) -> None:
-        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr)
+        rt = self.rt
+        st = restore_checkpoint(self.run_dir, self.model, self.opt, self.sched, self.cfg.optim.lr, weights=False,
+                                load_optimizer=self.worker.load_optimizer, rank=rt.rank, world_size=rt.world_size,
+                                verbose=rt.is_main)
         if st is None:
             return
-        if self.critic is not None:
-            self.critic.load_state_dict(st["critic"])
-            self.critic_opt.load_state_dict(st["critic_optimizer"])
+        if self.critic_worker is not None:  # its weights were loaded before placement
+            self.critic_worker.load_optimizer(st["critic_optimizer"], st.get("critic_optimizer_format", "index"))
+            if "critic_scheduler" in st:
+                self.critic_worker.sched.load_state_dict(st["critic_scheduler"])
         self.sampler.load_state(st["data"])
         self.step_num = st["step"]
-        self.engine.update_weights(PolicyWeights(self.model), self.step_num)
+        self.engine.update_weights(self.worker.named_weights(), self.step_num)
 
 
 HELP = "online RL with verifiable rewards (--algo grpo|dr_grpo|dapo|rloo|reinforce_pp|remax|ppo|online_dpo)"

@@ -182,12 +182,13 @@ def build_reward_fns(names: str, weights: dict, task) -> list[tuple[Callable, fl
     return [(make_task_reward(task) if n == "task" else NAMED_REWARDS[n](), float(weights.get(n, 1.0))) for n in chosen]
 
 
-def collate_completions(completions: list[Completion], pad_id: int, mask_truncated: bool):
-    """(completion ids, token_mask, loss_mask, rollout logprobs, truncated) padded to the longest.
+def collate_completions(completions: list[Completion], pad_id: int, mask_truncated: bool, length: int | None = None):
+    """(completion ids, token_mask, loss_mask, rollout logprobs, truncated) padded to the longest (or
+    to `length`: a data-parallel rank pads its share as long as the longest of every rank).
 
     token_mask: the tokens that exist (attended); loss_mask: those trained, which excludes tokens a
     tool or an environment injected (`Completion.token_mask` 0, see `policy_mask`)."""
-    T = max(1, max(len(c.token_ids) for c in completions))
+    T = length or max(1, max(len(c.token_ids) for c in completions))
     ids = torch.tensor([c.token_ids + [pad_id] * (T - len(c.token_ids)) for c in completions], dtype=torch.long)
     lp = torch.tensor([list(c.logprobs) + [0.0] * (T - len(c.logprobs)) for c in completions], dtype=torch.float32)
     mask = torch.arange(T).unsqueeze(0) < torch.tensor([len(c.token_ids) for c in completions]).unsqueeze(1)
@@ -300,7 +301,7 @@ class ValueModel(torch.nn.Module):
         self.backbone = base.get_decoder()
         for p in self.backbone.parameters():
             p.requires_grad_(True)
-        self.head = torch.nn.Linear(base.config.hidden_size, 1)
+        self.head = torch.nn.utils.skip_init(torch.nn.Linear, base.config.hidden_size, 1)  # zeros below: no draw from the RNG
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)
 

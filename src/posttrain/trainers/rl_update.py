@@ -25,6 +25,7 @@ from posttrain.losses.preference import PREFERENCE_LOSSES, PreferenceLogps, pref
 from posttrain.losses.value import value_loss
 from posttrain.ops import aggregate, count_sequences, kl_estimate, masked_mean
 from posttrain.registry import Registry
+from posttrain.runtime.worker import worker_of
 from posttrain.trainers.rl_batch import RolloutBatch, microbatches, policy_forward
 
 if TYPE_CHECKING:
@@ -45,7 +46,15 @@ def _accumulate(total: dict, st: dict, weight: float) -> None:
     total["_weight"] = total.get("_weight", 0.0) + weight
 
 
-def _finish(total: dict) -> dict:
+def _finish(total: dict, rt=None) -> dict:
+    """The accumulated stats as means (sums for `_SUMMED`, maxima for ``*_max``); with a distributed
+    `rt`, over every rank's micro-batches (every rank must call it)."""
+    if rt is not None and rt.distributed:
+        merged: dict = {}
+        for part in rt.gather_object(total):
+            for k, v in part.items():
+                merged[k] = max(merged.get(k, v), v) if k.endswith("_max") else merged.get(k, 0.0) + v
+        total = merged
     w = max(total.pop("_weight", 0.0), 1e-12)
     return {k: (v if k in _SUMMED or k.endswith("_max") else v / w) for k, v in total.items()}
 
@@ -65,33 +74,40 @@ def _inputs(batch: RolloutBatch, mb: list[int]):
 
 def update_policy(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pad_id: int, temperature: float,
                   sequences_per_microbatch: int, max_new_tokens: int, share_prompts: bool = True) -> dict:
-    """Backward the policy loss (+ KL-in-loss, + entropy bonus) of sequences `idx`; returns stats."""
+    """Backward the policy loss (+ KL-in-loss, + entropy bonus) of sequences `idx`; returns stats.
+
+    `model`: a `PolicyWorker` (or a bare module). Under data parallelism `batch` is this rank's share
+    and the reducers' token and sequence counts are summed over the ranks (global normalizers)."""
+    w = worker_of(model)
     m_all = batch.loss_mask[idx]
-    red = dict(num_tokens=m_all.sum().clamp_min(1), num_seqs=count_sequences(m_all).clamp_min(1), fixed_length=max_new_tokens)
+    n_tok, n_seq = w.rt.all_reduce_sum(m_all.sum()), w.rt.all_reduce_sum(count_sequences(m_all))
+    red = dict(num_tokens=n_tok.clamp_min(1), num_seqs=n_seq.clamp_min(1), fixed_length=max_new_tokens)
     total: dict = {}
-    for mb in microbatches(idx, sequences_per_microbatch):
-        logp, ent = policy_forward(model, *_inputs(batch, mb), pad_id, temperature, "grad" if alg.entropy_coef else "no_grad",
-                                   share_prompts)
-        m = batch.loss_mask[mb]
-        old = batch.old_logp[mb] if batch.old_logp is not None else logp.detach()
-        pl, st = policy_loss(alg.loss, logp, old, batch.advantages[mb], m, clip_low=alg.clip_low,
-                             clip_high=alg.clip_high, dual_clip=alg.dual_clip)
-        loss = aggregate(pl, m, alg.reducer, **red)
-        if batch.ref_logp is not None:
-            kl, kst = kl_penalty_loss(logp, batch.ref_logp[mb], m, alg.kl_estimator)
-            if alg.kl_placement == "loss":
-                loss = loss + alg.kl_coef * aggregate(kl, m, alg.reducer, **red)
-            st.update(kst)
-        term, est = entropy_bonus(ent, m)
-        if alg.entropy_coef:
-            loss = loss + alg.entropy_coef * aggregate(term, m, alg.reducer, **red)
-        st.update(est)
-        if batch.old_logp is None:  # fused: these are the old-policy logprobs; compare with the engine's
-            st.update(_mismatch(logp.detach(), batch.rollout_logp[mb], batch.sampled_mask[mb]))
-        loss.backward()
+    mbs = list(microbatches(idx, sequences_per_microbatch))
+    for k, mb in enumerate(mbs):
+        with w.accumulate(last=k == len(mbs) - 1):
+            logp, ent = policy_forward(w.train_model, *_inputs(batch, mb), pad_id, temperature, "grad" if alg.entropy_coef else "no_grad",
+                                       share_prompts)
+            m = batch.loss_mask[mb]
+            old = batch.old_logp[mb] if batch.old_logp is not None else logp.detach()
+            pl, st = policy_loss(alg.loss, logp, old, batch.advantages[mb], m, clip_low=alg.clip_low,
+                                 clip_high=alg.clip_high, dual_clip=alg.dual_clip)
+            loss = aggregate(pl, m, alg.reducer, **red)
+            if batch.ref_logp is not None:
+                kl, kst = kl_penalty_loss(logp, batch.ref_logp[mb], m, alg.kl_estimator)
+                if alg.kl_placement == "loss":
+                    loss = loss + alg.kl_coef * aggregate(kl, m, alg.reducer, **red)
+                st.update(kst)
+            term, est = entropy_bonus(ent, m)
+            if alg.entropy_coef:
+                loss = loss + alg.entropy_coef * aggregate(term, m, alg.reducer, **red)
+            st.update(est)
+            if batch.old_logp is None:  # fused: these are the old-policy logprobs; compare with the engine's
+                st.update(_mismatch(logp.detach(), batch.rollout_logp[mb], batch.sampled_mask[mb]))
+            w.backward(loss)
         st["loss"] = loss.detach()
         _accumulate(total, st, float(m.sum()))
-    return _finish(total)
+    return _finish(total, w.rt)
 
 
 def _mismatch(trainer_logp, rollout_logp, mask) -> dict:
@@ -173,6 +189,35 @@ def step_advantages(alg: Algorithm, batch: RolloutBatch, prm_coef: float = 1.0, 
     return m
 
 
+_GATHERED = ("completion", "token_mask", "loss_mask", "rollout_logp", "truncated", "rewards", "baseline", "step_scores",
+             "step_mask", "policy_mask", "token_rewards", "old_logp", "ref_logp", "values")
+
+
+def gather_batch(batch: RolloutBatch, rt) -> RolloutBatch:
+    """The global batch of a data-parallel step from every rank's share (equal shares, padded to the
+    same length): the per-sequence tensors concatenated in rank order, group ids made global. The
+    Python lists (rows, prompts, completions) stay this rank's: the advantage estimators never read
+    them. Every rank must call it."""
+    import dataclasses
+
+    groups = int(batch.group_ids.max()) + 1 if len(batch) else 0  # this rank's groups, as many on every rank
+    fields = {name: rt.all_gather_cat(getattr(batch, name)) for name in _GATHERED if getattr(batch, name) is not None}
+    return dataclasses.replace(batch, **fields, group_ids=rt.all_gather_cat(batch.group_ids + rt.rank * groups))
+
+
+def global_step_advantages(alg: Algorithm, batch: RolloutBatch, rt, prm_coef: float = 1.0, prm_baseline: float = 0.5) -> dict:
+    """`step_advantages` over the global batch (every batch statistic, such as PPO's whitening or
+    REINFORCE++'s normalization, is over all ranks' sequences), this rank's share written back."""
+    if not rt.distributed:
+        return step_advantages(alg, batch, prm_coef, prm_baseline)
+    full = gather_batch(batch, rt)
+    m = step_advantages(alg, full, prm_coef, prm_baseline)
+    n = len(batch)
+    batch.advantages = full.advantages[rt.rank * n : (rt.rank + 1) * n]
+    batch.returns = None if full.returns is None else full.returns[rt.rank * n : (rt.rank + 1) * n]
+    return m
+
+
 def dpo_pairs(batch: RolloutBatch, idx: list[int]) -> list[tuple[int, int]]:
     """(best, worst) completion by reward for each group in `idx`; groups with all-equal rewards are dropped."""
     pairs = []
@@ -187,12 +232,13 @@ def dpo_pairs(batch: RolloutBatch, idx: list[int]) -> list[tuple[int, int]]:
 def update_dpo(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pad_id: int, temperature: float,
                sequences_per_microbatch: int, share_prompts: bool = True) -> dict:
     """Online DPO: backward the DPO loss of on-policy (best, worst) pairs, averaged over pairs."""
+    w = worker_of(model)  # one process only (online DPO is refused under data parallelism)
     pairs = dpo_pairs(batch, idx)
     total: dict = {"pairs": 0.0}
     loss_fn = PREFERENCE_LOSSES.get("dpo")
     for chunk in microbatches(pairs, max(1, sequences_per_microbatch // 2)):
         mb = [c for c, _ in chunk] + [r for _, r in chunk]
-        logp, _ = policy_forward(model, *_inputs(batch, mb), pad_id, temperature, "none", share_prompts)
+        logp, _ = policy_forward(w.train_model, *_inputs(batch, mb), pad_id, temperature, "none", share_prompts)
         m = batch.loss_mask[mb]
         seq = (logp * m).sum(-1)
         ref = (batch.ref_logp[mb] * m).sum(-1)
@@ -200,33 +246,35 @@ def update_dpo(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pad_i
         lp = PreferenceLogps(chosen_logps=seq[:k], rejected_logps=seq[k:], ref_chosen_logps=ref[:k], ref_rejected_logps=ref[k:])
         loss, st = loss_fn(lp, beta=alg.dpo_beta)
         loss = loss.sum() / len(pairs)
-        loss.backward()
+        w.backward(loss)
         st = {"dpo/" + key: v.mean() for key, v in st.items()}
         st.update(loss=loss.detach(), pairs=float(k))
         _accumulate(total, st, float(k))
     return _finish(total)
 
 
-def update_value(critic, opt, batch: RolloutBatch, idx: list[int], alg: Algorithm, pad_id: int,
-                 sequences_per_microbatch: int, max_grad_norm: float) -> dict:
-    """One critic optimizer step on the clipped value loss towards the GAE returns."""
-    critic.train()
-    n_tok = batch.loss_mask[idx].sum().clamp_min(1)
+def update_value(critic, batch: RolloutBatch, idx: list[int], alg: Algorithm, pad_id: int,
+                 sequences_per_microbatch: int, max_grad_norm: float, step: int = 0) -> dict:
+    """One critic optimizer step (`critic`: its `PolicyWorker`) on the clipped value loss towards the
+    GAE returns, normalized by the global token count."""
+    critic.model.train()
+    n_tok = critic.rt.all_reduce_sum(batch.loss_mask[idx].sum()).clamp_min(1)
     total: dict = {}
-    for mb in microbatches(idx, sequences_per_microbatch):
-        values = critic(*_inputs(batch, mb), pad_id)
-        m = batch.loss_mask[mb]
-        vl, st = value_loss(values, batch.values[mb], batch.returns[mb], m, clip=alg.value_clip)
-        loss = alg.vf_coef * aggregate(vl, m, "token-mean", num_tokens=n_tok)
-        loss.backward()
+    mbs = list(microbatches(idx, sequences_per_microbatch))
+    for k, mb in enumerate(mbs):
+        with critic.accumulate(last=k == len(mbs) - 1):
+            values = critic.train_model(*_inputs(batch, mb), pad_id)
+            m = batch.loss_mask[mb]
+            vl, st = value_loss(values, batch.values[mb], batch.returns[mb], m, clip=alg.value_clip)
+            loss = alg.vf_coef * aggregate(vl, m, "token-mean", num_tokens=n_tok)
+            critic.backward(loss)
         st["value_loss"] = loss.detach()
         _accumulate(total, st, float(m.sum()))
-    norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), max_grad_norm)
-    if not torch.isfinite(norm):
-        raise FloatingPointError(f"critic gradient norm is {float(norm)}")
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return {**_finish(total), "value_grad_norm": float(norm)}
+    try:
+        norm, _ = critic.step(step, float(total.get("value_loss", 0.0)), max_grad_norm)
+    except FloatingPointError as e:
+        raise FloatingPointError(f"critic: {e}") from None
+    return {**_finish(total, critic.rt), "value_grad_norm": norm}
 
 
 # ----------------------------------------------------------------------------------------------
