@@ -7,7 +7,7 @@ import torch
 
 from posttrain.cli import main
 from posttrain.config import ConfigError, load_config
-from posttrain.configs import PRMConfig, RLConfig, RuntimeConfig, SFTConfig
+from posttrain.configs import DemoConfig, EvalConfig, PRMConfig, RLConfig, RuntimeConfig, SFTConfig
 from posttrain.runtime import device as rdev
 from posttrain.runtime.device import Runtime, init_runtime, resolve_device, rng_state, set_rng_state
 from posttrain.runtime.parallel import keep_fp32, output_head, place_model
@@ -98,17 +98,20 @@ def test_sft_bf16_trains(tmp_path):
     assert all(p.dtype == torch.float32 for p in t.model.parameters())
 
 
-@pytest.mark.parametrize("cls,stage", [(RLConfig, "rl"), (PRMConfig, "prm")])
-def test_stages_not_on_the_seam_refuse_runtime_options(cls, stage):
-    cfg = load_config(cls, None, {"runtime.parallel": "ddp", "runtime.dtype": "bf16"})
-    with pytest.raises(ConfigError, match=f"posttrain {stage} does not run on the runtime seam yet .*runtime.parallel=ddp, runtime.dtype=bf16"):
-        check_runtime(cfg, stage)
-    check_runtime(load_config(cls, None, {"runtime.device": "cpu"}), stage)  # today's placement is fine
-    check_runtime(load_config(SFTConfig, None, {"runtime.parallel": "fsdp2"}), "sft")
+def test_stages_not_on_the_seam_refuse_runtime_options():
+    cfg = load_config(DemoConfig, None, {"runtime.parallel": "ddp", "runtime.dtype": "bf16"})
+    with pytest.raises(ConfigError, match="posttrain demo does not run on the runtime seam yet .*runtime.parallel=ddp, runtime.dtype=bf16"):
+        check_runtime(cfg, "demo")
+    check_runtime(load_config(DemoConfig, None, {"runtime.device": "cpu"}), "demo")  # today's placement is fine
+    for cls, stage in ((SFTConfig, "sft"), (RLConfig, "rl"), (PRMConfig, "prm")):
+        check_runtime(load_config(cls, None, {"runtime.parallel": "fsdp2", "runtime.dtype": "bf16"}), stage)
+    check_runtime(load_config(EvalConfig, None, {"runtime.dtype": "bf16"}), "eval")  # device and dtype, one process
+    with pytest.raises(ConfigError, match="posttrain eval runs as one process: runtime.parallel=ddp"):
+        check_runtime(load_config(EvalConfig, None, {"runtime.parallel": "ddp"}), "eval")
 
 
 def test_cli_refuses_for_an_unwired_stage_and_lists_runtime_in_help(capsys):
-    assert main(["rl", "--runtime.parallel", "ddp"]) == 2
+    assert main(["demo", "--runtime.parallel", "ddp"]) == 2
     assert "does not run on the runtime seam yet" in capsys.readouterr().err
     for stage in ("sft", "rm", "dpo", "rl", "prm", "eval", "search", "demo"):
         assert main([stage, "--help"]) == 0

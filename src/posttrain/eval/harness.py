@@ -338,9 +338,13 @@ def run(cfg: EvalConfig) -> dict:
         from posttrain.datatools.decontam import eval_overlap
 
         contamination = eval_overlap(cfg.model.name, loaded)
+    from posttrain.runtime.support import place_for_inference
+
     model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
-    result = evaluate(model, tokenizer, loaded, cfg.sampling, cfg.train.out, cfg.train.resume, cfg.train.progress, cfg.model.name,
-                      max_prompt_tokens=d.max_prompt_tokens, on_long=d.on_long,
-                      extra={"contamination": contamination} if contamination else None)
+    rt, (model,) = place_for_inference(cfg, model)
+    with rt.autocast():
+        result = evaluate(model, tokenizer, loaded, cfg.sampling, cfg.train.out, cfg.train.resume, cfg.train.progress, cfg.model.name,
+                          max_prompt_tokens=d.max_prompt_tokens, on_long=d.on_long,
+                          extra={"contamination": contamination} if contamination else None)
     console.print(markdown_table([result]))
     return result

@@ -227,8 +227,10 @@ class PRMScorer:
             for i in range(0, len(enc), self.batch_size):
                 chunk = enc[i : i + self.batch_size]
                 b = collate_steps(chunk, pad)
+                dev = next(self.prm.parameters()).device
+                b = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
                 probs = torch.sigmoid(self.prm(b["input_ids"], b["attention_mask"], b["step_positions"],
-                                                           prompt_lengths=b["prompt_lengths"]).float())
+                                               prompt_lengths=b["prompt_lengths"]).float()).cpu()
                 for j, e in enumerate(chunk):
                     got = probs[j, : len(e.step_positions)].tolist() or [0.5]
                     out.append(got + [got[-1]] * (n_steps[i + j] - len(got)))

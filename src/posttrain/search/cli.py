@@ -77,15 +77,19 @@ def run(cfg: SearchConfig) -> list[dict]:
             SEARCH_METHODS.get(name)  # unknown names fail before any model loads
     loaded = load_benchmark(cfg.benchmark, cfg.data.path or None, cfg.data.root or None, cfg.data.limit, cfg.data.on_error,
                             columns=cfg.data.columns, checker=cfg.data.checker, template=cfg.data.template)
+    from posttrain.runtime.support import place_for_inference
+
     model, tok = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
-    scorer = None
+    scorer = prm = None
     if cfg.prm:
         from posttrain.models.prm import PRMScorer, load_prm
 
         prm, prm_tok = load_prm(cfg.prm)
         scorer = PRMScorer(prm, prm_tok)
+    rt, (model, prm) = place_for_inference(cfg, model, prm)
     policy = Policy(HFEngine(model, tok), tok, chat=getattr(tok, "chat_template", None) is not None)
-    rows = run_search(policy, scorer, loaded, cfg.method, cfg.search, cfg.train.progress)
+    with rt.autocast():
+        rows = run_search(policy, scorer, loaded, cfg.method, cfg.search, cfg.train.progress)
     out = Path(cfg.train.out)
     out.mkdir(parents=True, exist_ok=True)
     table = ["| method | accuracy | tokens / problem | no answer |", "|---|---|---|---|"]
