@@ -8,7 +8,8 @@ Three timings on the same tiny model and the same batches (one torch thread, fp3
    micro-batches, forward, fp32 token log-probabilities, token-mean loss over the step's tokens,
    backward, clipping, AdamW and the schedule — with no `Runtime` anywhere.
 3. ``seam calls``: the extra calls alone, timed in a tight loop (per step: 1 shard, 3 all_reduce_sum,
-   one grad_sync and one autocast context per micro-batch).
+   one grad_sync and one autocast context per micro-batch; the `PolicyWorker`'s accumulate / backward /
+   step wrappers add a Python call each around the same work).
 
 The two loops alternate in rounds, in ABBA order (so drift on a shared machine hits both), and the median per-step
 time of each (and the best round, less sensitive to other load) is reported; overhead = seam / reference - 1.
@@ -42,7 +43,6 @@ def reference_step(t) -> float:
     """One step of the plain loop on trainer `t`'s model, optimizer and data (no Runtime)."""
     from posttrain.losses.sft import sft_loss
     from posttrain.ops import aggregate, token_logprobs
-    from posttrain.trainers.common import optimizer_step
     from posttrain.trainers.sft import make_batches
 
     c = t.cfg
@@ -56,7 +56,10 @@ def reference_step(t) -> float:
         nll, _ = sft_loss(token_logprobs(logits, mb.labels), mask)
         aggregate(nll, mask, "token-mean", num_tokens=n_loss).backward()
         total += float(nll.detach().sum())
-    optimizer_step(t.model, t.opt, t.sched, c.optim.max_grad_norm, t.step, total / n_loss)
+    torch.nn.utils.clip_grad_norm_(t.model.parameters(), c.optim.max_grad_norm)
+    t.opt.step()
+    t.sched.step()
+    t.opt.zero_grad(set_to_none=True)
     t.step += 1
     return total / n_loss
 

@@ -159,6 +159,31 @@ def test_checkpoint_resumes_under_another_parallel(tmp_path):
     assert_close(weights(tmp_path / "straight", 3), weights(tmp_path / "moved", 3))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_equal_two_processes(tmp_path):
+    """Two `torchrun --nnodes 2 --node_rank {0,1}` launches (one process each, a static rendezvous on
+    localhost, as two machines would run them) train SFT together and match the one-node 2-process run."""
+    args = ["sft", *COMMON, *STAGE_ARGS["sft"], "--max-steps", "3", "--sft.sequences_per_microbatch", "2", "--runtime.parallel", "ddp"]
+    r = torchrun([*args, "--out", str(tmp_path / "one-node")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "-m", "posttrain", *args, "--out", str(tmp_path / "two-nodes")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    outs = [n.communicate(timeout=150) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert_close(weights(tmp_path / "one-node", 3), weights(tmp_path / "two-nodes", 3), atol=1e-6)
+
+
 def test_a_failing_rank_ends_the_job_and_is_named(tmp_path):
     t0 = time.perf_counter()
     r = torchrun(["sft", *COMMON, *STAGE_ARGS["sft"], "--out", str(tmp_path / "f"), "--max-steps", "3",
