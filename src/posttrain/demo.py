@@ -39,7 +39,7 @@ from posttrain.trainers.sft import SFTConfig, SFTOptions, SFTTrainer
 
 def _sft_config(cfg: DemoConfig, run_dir: Path) -> SFTConfig:
     return SFTConfig(
-        model=ModelConfig(name=cfg.model),
+        model=ModelConfig(name=cfg.model), runtime=cfg.runtime,
         data=DataConfig(path=f"task:{cfg.task}", train_rows=50000, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.sft_lr, warmup_steps=50, min_lr_ratio=0.05),
         train=TrainConfig(overwrite=True, out=str(run_dir / "sft"), max_steps=cfg.sft_steps, seed=cfg.seed,
@@ -161,7 +161,7 @@ def _dpo_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
     from posttrain.trainers.preference import PreferenceConfig, PreferenceOptions, run_preference_stage
 
     pcfg = PreferenceConfig(
-        model=ModelConfig(name=cfg.model),
+        model=ModelConfig(name=cfg.model), runtime=cfg.runtime,
         data=DataConfig(path=f"task:{cfg.task}", train_rows=cfg.dpo_problems, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.dpo_lr, schedule="constant"),
         train=TrainConfig(overwrite=True, out=str(run_dir / "dpo"), max_steps=cfg.dpo_steps, seed=cfg.seed, progress=cfg.progress),
@@ -181,7 +181,7 @@ def _rl_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
 
     rcfg = RLConfig(
         algo="grpo",
-        model=ModelConfig(name=cfg.model),
+        model=ModelConfig(name=cfg.model), runtime=cfg.runtime,
         data=DataConfig(path=f"task:{cfg.task}", train_rows=2000, eval_rows=cfg.eval_problems),
         optim=OptimConfig(lr=cfg.rl_lr, schedule="constant", warmup_steps=cfg.rl_warmup_steps),
         train=TrainConfig(overwrite=True, out=str(run_dir / "rl"), max_steps=cfg.rl_steps, seed=cfg.seed, progress=cfg.progress),
@@ -302,7 +302,7 @@ def _scaling_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer, weak: tuple
     t0 = time.perf_counter()
     rows = task_prm_rows(load_task_spec(cfg.task), model, tokenizer, opts, cfg.seed, generator=policy, out_dir=out / "prm")
     label_s = time.perf_counter() - t0
-    pcfg = PRMConfig(model=ModelConfig(name=cfg.model), data=DataConfig(path=f"task:{cfg.task}"),
+    pcfg = PRMConfig(model=ModelConfig(name=cfg.model), runtime=cfg.runtime, data=DataConfig(path=f"task:{cfg.task}"),
                      optim=OptimConfig(lr=cfg.scaling_prm_lr, warmup_steps=10),
                      train=TrainConfig(overwrite=True, out=str(out / "prm"), max_steps=cfg.scaling_prm_steps, seed=cfg.seed,
                                        progress=cfg.progress, keep_checkpoints=1),

@@ -144,9 +144,10 @@ class HFEngine:
                     if hit is not None:
                         fin[j], stop_hit[b] = True, hit
             done[rows[fin]] = True
-            if bool(fin.all()) or t == params.max_new_tokens - 1:
+            n_fin = int(fin.sum())  # the loop's one device-to-host read per token (on a GPU: one sync)
+            if n_fin == len(fin) or t == params.max_new_tokens - 1:
                 break
-            if bool(fin.any()):  # drop finished rows from the batch and the KV cache
+            if n_fin:  # drop finished rows from the batch and the KV cache
                 keep = (~fin).nonzero().flatten()
                 runner.select_rows(keep)
                 rows, tok, mask, last_pos = rows[keep], tok[keep], mask[keep], last_pos[keep]
@@ -175,7 +176,7 @@ class HFEngine:
         logp = torch.log_softmax(scaled, -1)
         cdf = _top_p_filter(scaled, params.top_p).softmax(-1).cumsum(-1)
         if u is None:
-            u = torch.rand(batch, generator=gen)[rows.cpu()]  # every original row draws, live or not
+            u = torch.rand(batch, generator=gen).to(rows.device)[rows]  # every original row draws, live or not
         tok = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1])[:, None], right=True).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
         return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from posttrain.config import ConfigError
 
 WIRED = frozenset({"sft", "rm", "dpo", "prm", "rl"})  # stages that honour runtime.device / dtype / parallel
-ONE_PROCESS = frozenset({"eval", "search"})  # stages that honour runtime.device / dtype, in one process
+ONE_PROCESS = frozenset({"eval", "search", "demo"})  # stages that honour runtime.device / dtype, in one process
 
 
 def place_for_inference(cfg, *models):
