@@ -105,10 +105,12 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2, resave: bool = False,
-                    model_state: dict | None = None) -> Path:
+                    model_state: dict | None = None, move_in: dict[str, Path] | None = None) -> Path:
     """Write checkpoint `step` atomically; `state` is any torch-serialisable dict (optimizer, ...).
     `model_state`: the full state dict to save in `model`'s place (an FSDP2 model's, gathered by
-    `posttrain.runtime.parallel.full_model_state`; plain models only, not LoRA)."""
+    `posttrain.runtime.parallel.full_model_state`; plain models only, not LoRA). `move_in`: folders
+    written beside it by every rank (sharded optimizer state), moved in under their names before the
+    checkpoint becomes visible."""
     ckdir = Path(run_dir) / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     final = ckdir / f"step-{step:07d}"
@@ -125,6 +127,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
         save_model(model, tmp, run_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    for name, folder in (move_in or {}).items():
+        os.rename(folder, tmp / name)
     torch.save({**state, "rng": rng_state(), "step": step}, tmp / "trainer_state.pt")
     fsync_tree(tmp)
     aside = ckdir / f".old-step-{step:07d}"
@@ -223,7 +227,7 @@ def restore_checkpoint(run_dir: Path, model, optimizer, scheduler, lr: float | N
     is a `UserError` (`posttrain.runs.prepare_run` has said so before any model was loaded).
 
     Data parallel: ``weights=False`` when `load_checkpoint_weights` already ran; `load_optimizer`
-    (``fn(state_dict, format)``) loads a sharded optimizer; `rank` / `world_size` pick this rank's
+    (``fn(state_dict, format, checkpoint folder)``, `PolicyWorker.load_optimizer`) loads a sharded optimizer; `rank` / `world_size` pick this rank's
     saved RNG state (``rng_per_rank``; rank 0's when the world size changed)."""
     from posttrain.logging import console, warn
 
@@ -232,7 +236,7 @@ def restore_checkpoint(run_dir: Path, model, optimizer, scheduler, lr: float | N
         load_weights_into(model, ck)
     state = load_state(ck)
     if load_optimizer is not None:
-        load_optimizer(state["optimizer"], state.get("optimizer_format", "index"))
+        load_optimizer(state["optimizer"], state.get("optimizer_format", "index"), ck)
     else:
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

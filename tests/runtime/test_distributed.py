@@ -148,9 +148,12 @@ def test_rl_two_rank_run_stopped_and_resumed_equals_the_straight_run(tmp_path):
 
 
 def test_checkpoint_resumes_under_another_parallel(tmp_path):
-    """ddp (2 ranks) -> fsdp2 (2 ranks) -> one process: the optimizer state moves between the plain
-    and the sharded layout, and the result equals a straight 3-step run."""
-    single("sft", tmp_path / "straight", "--max-steps", "3", "--optim.schedule", "constant")  # the cosine follows max_steps
+    """ddp (2 ranks) -> fsdp2 (2 ranks) -> fsdp2 -> one process: the optimizer state moves from the
+    plain layout into FSDP2's shards, is saved shard by shard through torch.distributed.checkpoint,
+    resumed sharded, then read back whole by one process; the result equals a straight 4-step run."""
+    import torch
+
+    single("sft", tmp_path / "straight", "--max-steps", "4", "--optim.schedule", "constant")  # the cosine follows max_steps
     out = str(tmp_path / "moved")
     r = torchrun(["sft", *COMMON, *STAGE_ARGS["sft"], "--out", out, "--max-steps", "1", "--runtime.parallel", "ddp",
                   "--optim.schedule", "constant"])
@@ -158,8 +161,15 @@ def test_checkpoint_resumes_under_another_parallel(tmp_path):
     r = torchrun(["sft", "--out", out, "--resume", "--max-steps", "2", "--runtime.parallel", "fsdp2"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "--resume: runtime.parallel 'ddp' -> 'fsdp2'" in r.stderr  # listed, not refused
-    assert main(["sft", "--out", out, "--resume", "--max-steps", "3", "--runtime.parallel", "none"]) == 0
-    assert_close(weights(tmp_path / "straight", 3), weights(tmp_path / "moved", 3))
+    step2 = tmp_path / "moved" / "checkpoints" / "step-0000002"
+    state = torch.load(step2 / "trainer_state.pt", weights_only=False)
+    assert state["optimizer_format"] == "dcp" and state["optimizer"] is None  # rank 0 did not gather it
+    assert sorted(p.name for p in (step2 / "optimizer").iterdir() if p.suffix == ".distcp") == ["__0_0.distcp", "__1_0.distcp"]
+    r = torchrun(["sft", "--out", out, "--resume", "--max-steps", "3"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert main(["sft", "--out", out, "--resume", "--max-steps", "4", "--runtime.parallel", "none"]) == 0
+    assert_close(weights(tmp_path / "straight", 4), weights(tmp_path / "moved", 4))
+    assert not list((tmp_path / "moved" / "checkpoints").glob(".sharded-*"))
 
 
 def _free_port() -> int:

@@ -19,11 +19,13 @@ training forward must go through:
   initialisation cannot silently shard different models. Verified on CPU with gloo (torch 2.13):
   forward, backward, `clip_grad_norm_` (DTensor gradients, the norm comes back replicated),
   AdamW on DTensors, `get_model_state_dict` / `get_optimizer_state_dict` with full state dicts and
-  `set_optimizer_state_dict`. Not covered yet: LoRA (peft) under fsdp2 (refused), FSDP2's
-  `MixedPrecisionPolicy` (bf16 all-gathers; here bf16 is autocast on fp32 shards, the same numerics
-  as ``none`` / ``ddp`` at twice the all-gather bytes), and sharded optimizer checkpoints through
-  `torch.distributed.checkpoint` (here the full optimizer state is gathered to rank 0, which is exact
-  and resumes under any ``parallel`` but holds the whole state on rank 0 while saving).
+  `set_optimizer_state_dict`, and `torch.distributed.checkpoint` save / load of the sharded
+  optimizer state (`PolicyWorker.checkpoint_state`: every rank writes its shards; a later run under
+  any ``parallel`` and rank count reads them back resharded). Not covered yet: LoRA (peft) under
+  fsdp2 (refused) and FSDP2's `MixedPrecisionPolicy` (bf16 all-gathers; here bf16 is autocast on fp32
+  shards, the same numerics as ``none`` / ``ddp`` at twice the all-gather bytes). The model itself
+  is still gathered to rank 0 for the Hugging Face checkpoint (what evaluation, export and a resume
+  under any setting read), so one rank holds the whole model while saving.
 
 bf16: `keep_fp32(head)` makes the output head (``lm_head``, a reward model's ``score``) run outside
 autocast on fp32 inputs, so logits — and the log-probabilities and losses computed from them — are

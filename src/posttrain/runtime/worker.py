@@ -16,8 +16,9 @@ checkpoint state. Trainers keep their losses and data layouts; the worker gives 
   adapter disabled (no copy of the base); otherwise a frozen copy made once, placed like the policy;
 - ``named_weights()``: (name, tensor) pairs in Hugging Face names for a rollout engine: LoRA merged,
   an FSDP2 model gathered (on every rank: each rank's colocated engine needs the whole model);
-- ``save(...)`` / ``restore(...)``: the checkpoint (rank 0 writes the full model; the optimizer state
-  gathered under FSDP2; every rank's RNG state), resumable under another ``parallel`` setting.
+- ``checkpoint_state`` / ``load_optimizer``: the checkpoint's model and optimizer state (rank 0 writes
+  the full model; under FSDP2 every rank writes its optimizer shards through
+  `torch.distributed.checkpoint`), resumable under another ``parallel`` setting and rank count.
 
 It is the only code that knows about peft (`apply_lora`) besides saving and loading adapters
 (`posttrain.models.lora`). `worker_of(module)` adapts a plain module (the functional tests of the
@@ -215,15 +216,40 @@ class PolicyWorker:
                 v.copy_(state[k])
         return self._engine_copy
 
-    def checkpoint_state(self) -> tuple[dict | None, dict | None, str]:
-        """(full model state or None, optimizer state, its format) for a checkpoint: collective under
-        FSDP2 (gathered to rank 0); the plain module saves itself otherwise (model state None)."""
+    def checkpoint_state(self, sharded_dir: Path | None = None) -> tuple[dict | None, dict | None, str]:
+        """(full model state or None, optimizer state, its format) for a checkpoint.
+
+        Collective under FSDP2: the full model state is gathered to rank 0 (the Hugging Face folder
+        rank 0 writes), and with `sharded_dir` the optimizer state is not gathered: every rank writes
+        its own shards there through `torch.distributed.checkpoint` (format ``dcp``; the state
+        returned is None). Without it the optimizer state is gathered to rank 0 (``fqn``). Otherwise
+        the plain module saves itself (model state None) and the optimizer's own state dict is
+        returned (``index``)."""
         model_state = full_model_state(self.model, self.rt)
-        opt_state, fmt = optimizer_state(self.model, self.opt, self.rt) if self.opt is not None else (None, "index")
+        if self.opt is None:
+            return model_state, None, "index"
+        if self.rt.parallel == "fsdp2" and sharded_dir is not None:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+            dcp.save({"optimizer": get_optimizer_state_dict(self.model, self.opt)}, checkpoint_id=str(sharded_dir))
+            return model_state, None, "dcp"
+        opt_state, fmt = optimizer_state(self.model, self.opt, self.rt)
         return model_state, opt_state, fmt
 
-    def load_optimizer(self, state: dict, fmt: str = "index") -> None:
-        load_optimizer_state(self.model, self.opt, self.rt, state, fmt)
+    def load_optimizer(self, state: dict | None, fmt: str = "index", folder: Path | None = None) -> None:
+        """Load a checkpoint's optimizer state in any of `checkpoint_state`'s formats, under any
+        ``parallel`` and rank count (``dcp`` shards are read from ``folder/optimizer`` and resharded
+        to this run's layout: whole tensors without FSDP2)."""
+        if fmt != "dcp":
+            load_optimizer_state(self.model, self.opt, self.rt, state, fmt)
+            return
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        target = {"optimizer": get_optimizer_state_dict(self.model, self.opt)}  # the layout to fill (states initialised)
+        dcp.load(target, checkpoint_id=str(Path(folder) / "optimizer"), no_dist=not self.rt.distributed)
+        set_optimizer_state_dict(self.model, self.opt, target["optimizer"])
 
 
 def place_frozen(module, rt: Runtime):

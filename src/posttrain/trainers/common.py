@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -227,6 +228,21 @@ def check_global_batch(rt, key: str, size: int) -> None:
                           f"use a multiple of {rt.world_size}")
 
 
+def sharded_dir(rt, run_dir: Path, step: int) -> Path | None:
+    """Under FSDP2, an empty folder beside the checkpoints for every rank's optimizer shards (moved
+    into the checkpoint by rank 0 when it is written); None otherwise. Collective."""
+    if rt.parallel != "fsdp2":
+        return None
+    folder = Path(run_dir) / "checkpoints" / f".sharded-step-{step:07d}"
+
+    def fresh():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+
+    rt.on_main(fresh)
+    return folder
+
+
 def save_run_checkpoint(trainer, keep: int, extra: dict | None = None) -> Path:
     """`save_checkpoint` for a trainer on the runtime seam (`trainer.rt`, `.worker`, `.model`, `.sched`,
     `.order`, `.step`, `.run_dir`, `.tokenizer`): gathers what the folder needs on every rank (an FSDP2
@@ -235,13 +251,17 @@ def save_run_checkpoint(trainer, keep: int, extra: dict | None = None) -> Path:
     from posttrain.runtime.device import rng_state
 
     rt = trainer.rt
-    model_state, opt_state, fmt = trainer.worker.checkpoint_state()
+    shards = sharded_dir(rt, trainer.run_dir, trainer.step)
+    model_state, opt_state, fmt = trainer.worker.checkpoint_state(shards)
     rngs = rt.gather_object(rng_state())
     path = trainer.run_dir / "checkpoints" / f"step-{trainer.step:07d}"
     if rt.is_main:
         state = {"optimizer": opt_state, "optimizer_format": fmt, "scheduler": trainer.sched.state_dict(),
                  "data": trainer.order.state(), "world_size": rt.world_size, "rng_per_rank": rngs, **(extra or {})}
-        path = save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.tokenizer, state, keep, model_state=model_state)
+        path = save_checkpoint(trainer.run_dir, trainer.step, trainer.model, trainer.tokenizer, state, keep, model_state=model_state,
+                               move_in={"optimizer": shards} if fmt == "dcp" else None)
+        if shards is not None:
+            shutil.rmtree(shards, ignore_errors=True)  # left over when this step was already saved
     rt.barrier()
     return path
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -69,7 +70,7 @@ from posttrain.rollout import HFEngine, PolicyWeights, SamplingParams
 from posttrain.runtime.device import fail_point, rng_state
 from posttrain.runtime.worker import PolicyWorker
 from posttrain.trainers.common import (
-    NullLogger, bind_inputs, check_global_batch, default_verifier, exact_match_eval, load_split, read_split,
+    NullLogger, bind_inputs, check_global_batch, sharded_dir, default_verifier, exact_match_eval, load_split, read_split,
     saved_on_interrupt, seed_everything, start_run,
 )
 from posttrain.trainers.curriculum import admit, make_sampler
@@ -584,7 +585,8 @@ class RLTrainer:
         optimizer, schedule, prompt sampler and critic states); returns its folder. Collective under
         data parallelism: every rank calls it, rank 0 writes (FSDP2 states gathered first)."""
         rt = self.rt
-        model_state, opt_state, fmt = self.worker.checkpoint_state()
+        shards = sharded_dir(rt, self.run_dir, self.step_num)
+        model_state, opt_state, fmt = self.worker.checkpoint_state(shards)
         state = {"optimizer": opt_state, "optimizer_format": fmt, "scheduler": self.sched.state_dict(), "data": self.sampler.state()}
         if self.critic_worker is not None:
             c_model, c_opt, c_fmt = self.critic_worker.checkpoint_state()
@@ -595,7 +597,9 @@ class RLTrainer:
         if rt.is_main:
             state.update(world_size=rt.world_size, rng_per_rank=rngs)
             path = save_checkpoint(self.run_dir, self.step_num, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints,
-                                   model_state=model_state)
+                                   model_state=model_state, move_in={"optimizer": shards} if fmt == "dcp" else None)
+            if shards is not None:
+                shutil.rmtree(shards, ignore_errors=True)  # left over when this step was already saved
         rt.barrier()
         return path
 
