@@ -172,6 +172,8 @@ def build_model(job: dict) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from posttrain.models.tokenizer import build_char_tokenizer
+
     shape = dict(job["shape"])
     tok = padded_tokenizer(shape["vocab_size"])
     assert len(tok) == shape["vocab_size"], (len(tok), shape["vocab_size"])
@@ -184,7 +186,7 @@ def build_model(job: dict) -> dict:
     model.save_pretrained(job["folder"])
     tok.save_pretrained(job["folder"])
     res = {"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": shape["vocab_size"],
-           "tokenizer_tokens_in_use": len(build_padded_base()), "torch": torch.__version__}
+           "tokenizer_tokens_in_use": len(build_char_tokenizer()), "torch": torch.__version__}
     if job["device"] == "cpu":
         from posttrain.runtime.device import check_cpu_bf16
 
@@ -196,12 +198,6 @@ def build_model(job: dict) -> dict:
 
     res["transformers"] = transformers.__version__
     return res
-
-
-def build_padded_base():
-    from posttrain.models.tokenizer import build_char_tokenizer
-
-    return build_char_tokenizer()
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -866,7 +862,7 @@ def eval_check(path: Path, rec: dict | None, n_eval: int, samples: int, dtype: s
     except (OSError, ValueError, KeyError) as e:
         return {"name": name, "status": "FAIL", "detail": f"no usable results.json: {e}"}
     fractions = {k: v for k, v in m.items() if k == "greedy_acc" or k.startswith(("pass@", "maj@", "mean@"))}
-    problems, completions = m.get("num_problems"), m.get("completions")
+    problems, completions = m.get("num_problems") or 0, m.get("completions") or 0
     ok = (problems == n_eval and completions == n_eval * (samples + 1) and "greedy_acc" in fractions
           and all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in fractions.values()))
     shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(fractions.items()))

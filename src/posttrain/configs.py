@@ -75,7 +75,7 @@ class RuntimeConfig:
 
     device: str = "auto"  # auto|cpu|cuda|cuda:N; auto: CUDA when present (cuda:LOCAL_RANK under torchrun), else cpu
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: bf16 matmuls (autocast) with fp32 master weights, optimizer state and logits
-    parallel: Literal["none", "ddp", "fsdp2"] = "none"  # data parallel across torchrun ranks: none|ddp|fsdp2 (sft and rm so far)
+    parallel: Literal["none", "ddp", "fsdp2"] = "none"  # data parallel across torchrun ranks: none|ddp|fsdp2 (training stages)
     timeout_s: float = ranged(300.0, gt=0)  # a collective (all-reduce, barrier) waiting longer than this fails the run, naming the rank
 
 
@@ -248,6 +248,23 @@ class RLOptions:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """Where RL rollouts run (`posttrain.rollout.ray_pool`): in the trainer's process, or on Ray actors."""
+
+    backend: Literal["local", "ray"] = "local"  # local: the engine in the trainer's process; ray: rollout workers (Ray actors)
+    workers: int = ranged(2, gt=0)  # ray: rollout workers; a step's prompts are dealt out over them
+    cpus_per_worker: float = ranged(1.0, ge=0)  # ray: CPUs reserved per worker (its torch threads follow, at least 1)
+    gpus_per_worker: float = ranged(0.0, ge=0)  # ray: GPUs per worker (its engine then runs on cuda)
+    timeout_s: float = ranged(300.0, gt=0)  # ray: a generate or weight update slower than this fails, naming the worker
+    max_restarts: int = ranged(0, ge=0)  # ray: dead workers replaced (with the current weights) before the run fails
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str = ""  # ray: a cluster to join (ray start --head prints it); empty: start a local one
+
+
+@dataclass(frozen=True)
 class RLConfig:
     algo: Literal[RL_ALGOS] = "grpo"  # algorithm preset (`--algo`); rl.* axes override its parts
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -256,6 +273,8 @@ class RLConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out="runs/rl", max_steps=50))
     rl: RLOptions = field(default_factory=RLOptions)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 @dataclass(frozen=True)

@@ -235,7 +235,19 @@ class RLTrainer:
         return rows, task, counts
 
     def _build_engine(self):
-        c = self.cfg.rl
+        c, r = self.cfg.rl, self.cfg.rollout
+        if r.backend == "ray":  # rollout workers: Ray actors, each with its own engine (posttrain.rollout.ray_pool)
+            if self.rt.distributed:
+                raise ConfigError("--rollout.backend ray with runtime.parallel: not supported yet (each rank has its own engine)")
+            if c.engine != "hf":
+                raise ConfigError("--rollout.backend ray runs the hf engine on its workers (vLLM workers are not supported yet)")
+            from posttrain.rollout.ray_pool import RayRolloutPool
+
+            return RayRolloutPool(self.generator, self.tokenizer, r.workers, sequences_per_batch=c.rollout_sequences_per_batch,
+                                  lean=c.lean_decoder, cpus_per_worker=r.cpus_per_worker, gpus_per_worker=r.gpus_per_worker,
+                                  timeout_s=r.timeout_s, max_restarts=r.max_restarts, address=self.cfg.ray.address)
+        if r.backend != "local":
+            raise ConfigError(f"rollout.backend must be 'local' or 'ray', got '{r.backend}'")
         if c.engine == "hf":
             return HFEngine(self.generator, self.tokenizer, sequences_per_batch=c.rollout_sequences_per_batch, lean=c.lean_decoder)
         if c.engine == "vllm":
@@ -291,6 +303,8 @@ class RLTrainer:
         m["time/update_s"] = time.perf_counter() - t1
         self.step_num += 1
         m["completions_per_s"] = len(batch) * self.rt.world_size / (time.perf_counter() - t0)
+        if getattr(self.engine, "restarts", 0):
+            m["rollout/worker_restarts"] = self.engine.restarts
         return m
 
     def _sample(self, n_prompts: int, round_: int, stats: Counter):
@@ -577,6 +591,8 @@ class RLTrainer:
         self.logger.close()
         if self._prompt_log is not None:
             self._prompt_log.close()
+        if hasattr(self.engine, "shutdown"):  # rollout workers (Ray actors) end with the run
+            self.engine.shutdown()
         return {**last, **{f"before/{k}": v for k, v in before.items()}, **final, "checkpoint": str(path),
                 "bad_cases": {**dict(self.counts), **dict(self.load_counts)}}
 

@@ -29,6 +29,7 @@ from posttrain.logging import MetricsLogger, console, warn
 from posttrain.losses.sft import sft_loss
 from posttrain.models import load_model_and_tokenizer
 from posttrain.ops import aggregate, token_logprobs
+from posttrain.ops.linear_nll import linear_nll_sum
 from posttrain.configs import SFTConfig, SFTOptions  # noqa: F401  (re-exported)
 from posttrain.runtime.device import Runtime
 from posttrain.runtime.worker import PolicyWorker
@@ -42,12 +43,52 @@ _CPU = Runtime()
 
 def microbatch_loss(model, batch, num_loss_tokens: int, rt: Runtime = _CPU) -> tuple[torch.Tensor, float]:
     """Summed NLL of `batch` divided by the step's token count (so micro-batches add up exactly);
-    the forward runs under the runtime's autocast, the log-probabilities in fp32."""
-    with rt.autocast():
-        logits = model(**batch.model_inputs()).logits
+    the forward runs under the runtime's autocast, the log-probabilities in fp32.
+
+    When the model exposes its decoder and a plain linear LM head (and is not wrapped for DDP /
+    FSDP2, whose own forward must run), the decoder runs on every position but the head only at the
+    trained positions (labels != -100: completion tokens, no prompt or padding), through the fused
+    chunked `linear_nll_sum` (no (tokens x vocab) logits tensor, no logits gradient tensor). Otherwise
+    the full model forward and `token_logprobs` over every position, as before. Both give the same
+    loss and gradients to float rounding (tests/trainers/test_sft_fused_loss.py)."""
     mask = batch.labels != -100
-    nll, _ = sft_loss(token_logprobs(logits.float(), batch.labels), mask)
-    return aggregate(nll, mask, "token-mean", num_tokens=num_loss_tokens), float(nll.detach().sum())
+    parts = _decoder_and_head(model, rt)
+    if parts is None:
+        with rt.autocast():
+            logits = model(**batch.model_inputs()).logits
+        nll, _ = sft_loss(token_logprobs(logits.float(), batch.labels), mask)
+        return aggregate(nll, mask, "token-mean", num_tokens=num_loss_tokens), float(nll.detach().sum())
+    decoder, head = parts
+    with rt.autocast():
+        hidden = decoder(**batch.model_inputs()).last_hidden_state
+        dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else head.weight.dtype
+    picked = hidden[mask.to(hidden.device)]  # (N, d): the trained positions only
+    nll_sum = linear_nll_sum(picked, head.weight, batch.labels[mask], head.bias, chunk_rows=_HEAD_CHUNK_ROWS, compute_dtype=dtype)
+    return nll_sum / num_loss_tokens, float(nll_sum.detach())
+
+
+_HEAD_CHUNK_ROWS = 1024  # rows of fp32 logits live at once in the fused head + NLL (1024 x 49152 x 4 B = 201 MB)
+# final-logit transforms a causal LM's forward applies after its head; a model with one keeps the full forward
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _decoder_and_head(model, rt: Runtime):
+    """(decoder, lm_head) when the loss may run the head itself: a model not wrapped for data
+    parallelism, exposing ``get_decoder()`` and a plain ``nn.Linear`` output embedding (a LoRA- or
+    otherwise wrapped head keeps the full forward), with no logit transform after the head."""
+    if rt.parallel != "none":
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or decoder is base or type(head) is not torch.nn.Linear or head._forward_hooks or head._forward_pre_hooks:
+        return None
+    cfg = getattr(base, "config", None)
+    if any(getattr(cfg, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS):
+        return None
+    return decoder, head
 
 
 def make_batches(examples: list[TokenizedExample], opts: SFTOptions, pad_id: int, device=None):
