@@ -13,7 +13,7 @@ entries, so that every id the model samples decodes. ``--tiny`` builds the same 
 d=64, l=2, 4 heads over 2 KV heads, vocabulary 1024.
 
 The data. The built-in addition task, on the GPU with 12-digit operands and the column scratchpad
-(``task:addition:digits=12,scratchpad=2``: about 270 tokens per SFT sequence, a realistic load;
+(``task:addition:digits=12,scratchpad=2``: about 300 tokens per SFT sequence, a realistic load;
 plain ``task:addition`` has 14) and plain ``task:addition`` with ``--tiny``. posttrain reads it as
 ``task:...``; TRL gets the very rows posttrain generates (the task's sft / preference / rl rows, in
 posttrain's data order, fed sequentially), as conversational prompt/completion, prompt/chosen/
@@ -25,8 +25,9 @@ run of N/2 steps resumed with ``--resume --max-steps N``; ``posttrain eval`` on 
 (``--data.path FILE --data.columns question=prompt,solution=answer --data.checker task:SPEC``); TRL's
 SFTTrainer, DPOTrainer and GRPOTrainer with the same batch sizes, learning rates, steps and
 constant schedule, AdamW, clipping 1.0, bf16 autocast over fp32 weights (posttrain's bf16 is the same
-recipe: fp32 master weights and optimizer state, bf16 matmuls, fp32 logits), gradient checkpointing
-off in both (TRL 1.x turns it on by default), sigmoid DPO with beta 0.1 and a reference computed
+recipe, fp32 master weights and optimizer state, bf16 matmuls, except that it keeps the LM head and
+the logits in fp32), gradient checkpointing off in both (TRL 1.x turns it on by default), each
+side's own SFT batching (posttrain packs examples into rows, TRL pads, as in `sft_vs_trl.py`), sigmoid DPO with beta 0.1 and a reference computed
 once (posttrain's cached reference = TRL's ``precompute_ref_log_probs``), GRPO with PPO clip 0.2,
 group-std scaling, per-sequence token mean, no KL term (beta 0) and one update per rollout. On CUDA
 each process is a fresh ``python``; on a CPU they are forked from this process after the imports
@@ -38,25 +39,32 @@ Measured (nothing is estimated): from each posttrain run's ``metrics.jsonl``, th
 generated and trained per second of rollout + update) combined over the steps after a warm-up as
 total units / total step time; for TRL the same from the wall time between its consecutive
 ``on_step_end`` callbacks (CUDA synchronised) and the real tokens its collator built. Peak memory is
-``torch.cuda.max_memory_allocated()`` at the end of each GPU process (``ru_maxrss`` on a CPU).
-Rates and memory exclude the trainer set-up (tokenization, reference log-probs) on both sides.
+``torch.cuda.max_memory_allocated()`` at the end of each GPU process (``ru_maxrss`` on a CPU), so it
+covers the whole run, set-up included; the rates exclude the trainer set-up (tokenization, the
+reference log-probs both sides compute once before training) and the first steps (3 on the GPU,
+1 with ``--tiny``).
 
 Checks (the script exits non-zero when one fails):
 
 - bf16 vs fp32, per stage, step by step over the steps both ran: |x_bf16 - x_fp32| <= 0.05 |x_fp32|
-  + 0.01, with x the train loss for sft and dpo. Why 5% relative: bf16 keeps 8 significant bits
-  (rounding error 2^-9 = 0.2% per value); with fp32 weights, optimizer state, logits and loss, the
-  rounding in the decoder's matmuls moves a step's loss by well under 1% and identical data and
-  seeds keep the two trajectories together over 30 steps of a random-init model, whose loss falls
-  from ln(49152) = 10.8 towards the unigram entropy of the used characters. A dtype bug does not hide
-  under 5%: bf16 master weights drop AdamW updates (lr 5e-4 is below bf16's relative resolution of
-  2^-8), so the loss stays near 10.8 while fp32's falls by several nats; bf16 logits or loss add
-  errors of ~0.04 nats per token at loss 10. The 0.01 absolute floor covers DPO, whose loss starts at
-  ln 2 = 0.69. For GRPO the compared quantity is the mean policy entropy of the sampled tokens, not
-  the loss: a random-init model never solves an addition, every reward is 0, every advantage is 0,
-  so GRPO's loss is exactly 0 in both dtypes (and the step is still fully computed: rollout, forward,
-  backward, optimizer), while the entropy (about 10.8 nats) is computed by the bf16 training forward
-  and would show wrong logits. The GRPO rates therefore measure throughput, not learning.
+  + 0.01, with x the train loss for sft and dpo. Why 5% relative: bf16 keeps 8 significant bits (a
+  rounding error of at most 2^-9 = 0.2% per value), and posttrain's bf16 rounds only the decoder's
+  matmul inputs (weights, optimizer state, logits and loss stay fp32), which moves a step's loss by a
+  fraction of a percent; identical init, data and seeds keep the two trajectories close over a few
+  tens of steps of a random-init model, whose loss falls steeply from ln(49152) = 10.8 (on the tiny
+  CPU model the two differ by about 2e-4 on a loss of 6.5 after 3 steps). 5% is far above that
+  rounding and above the slow drift of two SGD trajectories apart, so the check does not trip on
+  noise, and it still fails on a broken recipe, which changes the training curve itself: bf16
+  master weights round away AdamW updates smaller than half a bf16 step (RMSNorm weights at 1.0 have
+  steps of 2^-7 = 0.008, 25 times an update of lr 3e-4), a wrong autocast scope or a dropped loss
+  term, overflow to inf / NaN. It is a coarse check by design: an error below about 1% of the loss
+  (bf16 logits, say) passes it. The 0.01 absolute floor is for DPO, whose loss starts at ln 2 = 0.69.
+  For GRPO the compared quantity is the mean policy entropy of the sampled tokens, not the loss: a
+  random-init model never solves an addition, every reward is 0, every advantage is 0, so GRPO's
+  loss is exactly 0 in both dtypes (the step is still fully computed: rollout, forward, backward,
+  optimizer), while the entropy (about 10.8 nats) comes from the bf16 training forward and shows
+  wrong logits. The GRPO rates therefore measure throughput, not learning; the table also shows
+  the rollout-vs-training log-prob mismatch (``rollout/logprob_abs_diff``) in each dtype.
 - resume: the SFT weights after N straight steps and after N/2 steps + ``--resume --max-steps N`` agree
   to 1e-5 (max absolute difference over all tensors, fp32).
 - eval: ``posttrain eval`` exits 0 and its results.json scores every problem with metrics in [0, 1]
@@ -139,7 +147,7 @@ def make_plan(args) -> Plan:
                     grpo_steps=3, grpo_prompts=4, grpo_group=4, grpo_new_tokens=8, grpo_lr=1e-5,
                     warmup=1, eval_problems=8, eval_n=2, eval_new_tokens=8)
     return Plan(device=args.device, tiny=False, task="addition:digits=12,scratchpad=2", max_length=512,
-                sft_steps=30, sft_batch=32, sft_lr=5e-4, dpo_steps=20, dpo_pairs=32, dpo_lr=1e-4,
+                sft_steps=30, sft_batch=32, sft_lr=3e-4, dpo_steps=20, dpo_pairs=32, dpo_lr=1e-4,
                 grpo_steps=10, grpo_prompts=16, grpo_group=8, grpo_new_tokens=128, grpo_lr=1e-6,
                 warmup=3, eval_problems=32, eval_n=4, eval_new_tokens=64)
 
@@ -631,7 +639,11 @@ def main() -> int:
     model_dir = out / "model"
     build = L.run("build-model", {"kind": "build", "folder": str(model_dir), "shape": plan.shape, "device": dev})
     if build["rc"] != 0:
-        print("could not build the model; see", out / build["log"])
+        why = build.get("skipped") or f"exit {build['rc']}, see {out / build['log']}"
+        (out / "gpu_check.json").write_text(json.dumps({"device": dev, "checks": [
+            {"name": "build model", "status": "FAIL", "detail": why}], "runs": L.records}, indent=1))
+        (out / "gpu_check.md").write_text(f"FAIL: build model: {why}\n")
+        print(f"FAIL: build model: {why}")
         return 1
     info = build["result"]
     if dev == "cpu" and info.get("cpu_bf16_warning"):

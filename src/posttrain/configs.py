@@ -200,6 +200,11 @@ class RLOptions:
     lean_decoder: bool = True  # hf engine: models.fast.LeanDecoder for plain Llama/Qwen2/Mistral models
     share_prompts: bool = True  # policy / reference passes run each group's prompt once (same values; off under data parallelism)
     seed_per_prompt: bool = False  # each prompt samples from its own seeded stream: rollouts independent of batching and of the rank count
+    # asynchronous rollouts (posttrain.rollout.ray_pool workers generate ahead of the trainer) and the off-policy correction
+    max_staleness: int = ranged(0, ge=0)  # 0: synchronous; K: rollouts for the next K steps are generated while the trainer updates (--rollout.backend ray)
+    correction: Literal["auto", "none", "bypass", "decoupled"] = "auto"  # behaviour-policy correction; auto: decoupled when max_staleness > 0, else none
+    is_cap: float = ranged(2.0, gt=0)  # decoupled: importance weights pi_old / pi_behaviour above this are truncated to it (or masked)
+    is_mode: Literal["truncate", "mask"] = "truncate"  # decoupled: truncate weights above is_cap, or drop those tokens from the loss
     max_refill_rounds: int = ranged(3, ge=0)  # extra sampling rounds per step while gates refuse groups (dynamic sampling, reward_band)
     # online curriculum (posttrain.trainers.curriculum): which prompts are sampled, which groups are admitted
     sampler: Literal["uniform", "pass_rate"] = "uniform"  # uniform passes, or prefer prompts with pass rate near 1/2 (weight p(1-p) + floor)

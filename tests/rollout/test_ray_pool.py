@@ -119,3 +119,21 @@ def test_rl_with_ray_rollout_workers_equals_the_in_process_run(cluster, tmp_path
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     metrics = [json.loads(line) for line in (tmp_path / "ray" / "metrics.jsonl").read_text().splitlines()]
     assert any(m.get("advantage_abs_mean", 0) > 0 for m in metrics)  # the updates were not zero
+
+
+def test_asynchronous_rollouts_are_at_most_k_versions_old(cluster, tmp_path):
+    """--rl.max_staleness 2: the next 2 steps' rollouts generate on the worker while the trainer
+    updates; each batch's completions carry the version that sampled them, never more than 2 behind
+    the policy they train, and decoupled PPO's importance weights are logged."""
+    out = tmp_path / "async"
+    assert main(["rl", "--model", MODEL, "--data", "task:addition:digits=1", "--data.train_rows", "32", "--data.eval_rows", "0",
+                 "--train.progress", "false", "--lr", "1e-3", "--max-steps", "5", "--rl.prompts_per_step", "2",
+                 "--rl.samples_per_prompt", "4", "--rl.max_new_tokens", "6", "--rl.temperature", "1.5",
+                 "--rollout.backend", "ray", "--rollout.workers", "1", "--rl.max_staleness", "2", "--out", str(out)]) == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"reward_mean"' in line]
+    # step 1 is synchronous; steps 2 and 3 were both submitted at step 1 (version 0); step 4 at step 2 (version 1) ...
+    assert [m["offpolicy/staleness"] for m in metrics] == [0, 1, 2, 2, 2]
+    assert all(m["offpolicy/staleness_max"] <= 2 for m in metrics)
+    assert all("offpolicy/is_mean" in m and m["offpolicy/is_max"] >= m["offpolicy/is_mean"] > 0 for m in metrics)
+    assert main(["rl", "--model", MODEL, "--data", "task:addition", "--max-steps", "1", "--rl.max_staleness", "1",
+                 "--out", str(tmp_path / "local")]) == 2  # local engine: refused with a message (it shares the live module)

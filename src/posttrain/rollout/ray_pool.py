@@ -112,15 +112,16 @@ class RayRolloutPool:
 
     # -- the protocol -----------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[Completion]]:
+        return self.generate_async(prompts, params).result()
+
+    def generate_async(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> "PendingRollout":
+        """Submit the generation and return at once; `PendingRollout.result()` waits for it. A weight
+        update submitted after it reaches each worker after this generation (a Ray actor runs its
+        calls in order), so the completions carry the version they were sampled with."""
         n = self.workers
         shares = [list(range(w, len(prompts), n)) for w in range(n)]
         calls = {w: self._generate_call(w, prompts, idx, params) for w, idx in enumerate(shares) if idx}
-        results = self._get_shares(calls, lambda w: self._generate_call(w, prompts, shares[w], params), "generate")
-        out: list = [None] * len(prompts)
-        for w, comps in results.items():
-            for i, group in zip(shares[w], comps):
-                out[i] = group
-        return out
+        return PendingRollout(self, calls, shares, len(prompts), lambda w: self._generate_call(w, prompts, shares[w], params))
 
     def update_weights(self, named_weights, version: int) -> None:
         state = {k: v.detach().to("cpu") for k, v in named_weights}
@@ -194,6 +195,21 @@ class RayRolloutPool:
         except Exception as e:
             raise RolloutWorkerError(f"rollout worker {w} of {self.workers}: its replacement failed to start: "
                                      f"{type(e).__name__}: {_death_cause(e)}") from None
+
+
+class PendingRollout:
+    """A generation in flight on the workers (`RayRolloutPool.generate_async`)."""
+
+    def __init__(self, pool: RayRolloutPool, calls: dict, shares: list[list[int]], n: int, retry):
+        self.pool, self.calls, self.shares, self.n, self.retry = pool, calls, shares, n, retry
+
+    def result(self) -> list[list[Completion]]:
+        results = self.pool._get_shares(self.calls, self.retry, "generate")
+        out: list = [None] * self.n
+        for w, comps in results.items():
+            for i, group in zip(self.shares[w], comps):
+                out[i] = group
+        return out
 
 
 def _death_cause(e) -> str:

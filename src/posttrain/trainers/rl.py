@@ -54,7 +54,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 import torch
@@ -80,7 +80,7 @@ from posttrain.trainers.rl_batch import (
 )
 from posttrain.trainers.rl_config import RLConfig, RLOptions, algorithm_of  # noqa: F401 (RLOptions re-exported)
 from posttrain.trainers.rl_update import (
-    UpdateSpec, global_step_advantages, health_warnings, merge_stats, mismatch_stats, update_value,
+    UpdateSpec, global_step_advantages, health_warnings, merge_stats, mismatch_stats, off_policy_weights, update_value,
 )
 
 
@@ -145,6 +145,15 @@ class RLTrainer:
             self.critic_worker = PolicyWorker(critic, rt, None, cfg.optim, total_updates)
         self.critic = self.critic_worker.model if self.critic_worker else None
         self.generator = self.worker.engine_model()  # the module rollouts and evaluation run (a plain copy under fsdp2)
+        self._ahead_steps = c.max_staleness  # asynchronous rollouts: steps generated ahead of the trainer
+        self._ahead: deque = deque()  # (step, prompt indices, this rank's positions, pending generation)
+        self._waited = 0.0  # seconds the trainer waited for rollouts this step
+        self.correction = ("decoupled" if c.max_staleness else "none") if c.correction == "auto" else c.correction
+        if c.max_staleness and (cfg.rollout.backend != "ray" or c.env or self.kind.whole_groups):
+            raise ConfigError("rl.max_staleness > 0 needs rollout workers that generate while the trainer updates: "
+                              "--rollout.backend ray (single-turn prompts, a policy-gradient --algo)")
+        if self.correction != "none" and not self.kind.advantages:
+            raise ConfigError(f"rl.correction {self.correction}: needs a policy-gradient --algo (not {cfg.algo})")
         self.engine = self._build_engine()
         if c.prm_model and (not self.kind.dense_rewards or c.prm_coef < 0):
             raise ConfigError("rl.prm_model needs a policy-gradient --algo (not online_dpo) and rl.prm_coef >= 0")
@@ -288,8 +297,12 @@ class RLTrainer:
         returns the rollout's metrics only. Counts as one of ``train.max_steps``."""
         m: dict = {}
         t0 = time.perf_counter()
+        self._waited = 0.0
         batch = self.collect(m)  # rollout + score (+ dynamic sampling refills)
         m["time/rollout_s"] = time.perf_counter() - t0
+        m["time/wait_rollout_s"] = self._waited  # the trainer idle, waiting for the engine / workers
+        if self._ahead_steps:
+            self._prefetch()  # the next steps' rollouts generate while this one updates
         if batch is None:
             self.step_num += 1
             return m
@@ -303,25 +316,58 @@ class RLTrainer:
         m["time/update_s"] = time.perf_counter() - t1
         self.step_num += 1
         m["completions_per_s"] = len(batch) * self.rt.world_size / (time.perf_counter() - t0)
+        versions = [comp.policy_version for comp in batch.completions]  # policy trained (version step_num - 1) - sampled
+        m["offpolicy/staleness"] = self.step_num - 1 - sum(versions) / max(1, len(versions))
+        m["offpolicy/staleness_max"] = self.step_num - 1 - min(versions, default=self.step_num - 1)
         if getattr(self.engine, "restarts", 0):
             m["rollout/worker_restarts"] = self.engine.restarts
         return m
+
+    def _submit(self, idx: list[int], step_for: int, round_: int):
+        """Start generating the groups of prompts `idx` for step `step_for` (0-based) on this rank's
+        share; returns (positions of `idx` this rank generates, the engine's result or a pending one)."""
+        c, rt = self.cfg.rl, self.rt
+        base = self.cfg.train.seed * 1_000_003 + step_for * 97 + round_
+        mine = list(range(rt.rank, len(idx), rt.world_size))  # strided: a round of any size splits
+        params = SamplingParams(n=c.samples_per_prompt, temperature=c.temperature, top_p=c.top_p,
+                                max_new_tokens=c.max_new_tokens, stop=tuple(c.stop), seed=base + 7919 * rt.rank,
+                                seeds=tuple(base * 1009 + j for j in mine) if c.seed_per_prompt else None)
+        if not mine:
+            return mine, []
+        prompts = [self.prompt_ids[idx[j]] for j in mine]
+        if self._ahead_steps and hasattr(self.engine, "generate_async"):
+            return mine, self.engine.generate_async(prompts, params)
+        return mine, self.engine.generate(prompts, params)
+
+    def _prefetch(self) -> None:
+        """Asynchronous rollouts (``rl.max_staleness`` K > 0): keep the first sampling round of the
+        next K steps generating on the workers while this step updates. Submitted now, they run on
+        the weights the workers hold now (a weight update sent later queues behind them), so a batch
+        is at most K versions older than the policy it trains."""
+        c = self.cfg.rl
+        nxt = self.step_num + 1 + len(self._ahead)
+        while len(self._ahead) < self._ahead_steps and nxt < self.cfg.train.max_steps:
+            idx = self.sampler.take(c.prompts_per_step)
+            self._ahead.append((nxt, idx, *self._submit(idx, nxt, 0)))
+            nxt += 1
 
     def _sample(self, n_prompts: int, round_: int, stats: Counter):
         """One sampling round: (prompt indices, their groups of completions, the groups' rewards), the
         same lists on every rank. Under data parallelism each rank generates and scores every N-th
         prompt of the round with its own engine, and the ranks share the results; reward failures are
-        counted into `stats` (over all ranks)."""
+        counted into `stats` (over all ranks). Round 0 of a step whose rollouts were prefetched
+        (asynchronous mode) takes them."""
         c, rt = self.cfg.rl, self.rt
-        idx = self.sampler.take(n_prompts)
-        base = self.cfg.train.seed * 1_000_003 + self.step_num * 97 + round_
-        mine = list(range(rt.rank, len(idx), rt.world_size))  # strided: a round of any size splits
-        params = SamplingParams(n=c.samples_per_prompt, temperature=c.temperature, top_p=c.top_p,
-                                max_new_tokens=c.max_new_tokens, stop=tuple(c.stop), seed=base + 7919 * rt.rank,
-                                seeds=tuple(base * 1009 + j for j in mine) if c.seed_per_prompt else None)
-        outs = self.engine.generate([self.prompt_ids[idx[j]] for j in mine], params) if mine else []
-        flat = [comp for group in outs for comp in group]
+        if round_ == 0 and self._ahead and self._ahead[0][0] == self.step_num and len(self._ahead[0][1]) == n_prompts:
+            _, idx, mine, pending = self._ahead.popleft()
+        else:
+            idx = self.sampler.take(n_prompts)
+            mine, pending = self._submit(idx, self.step_num, round_)
+        t0 = time.perf_counter()
+        outs = pending.result() if hasattr(pending, "result") else pending
+        self._waited += time.perf_counter() - t0
         rows = [self.rows[idx[j]] for j in mine for _ in range(c.samples_per_prompt)]
+        flat = [comp for group in outs for comp in group]
         failures: dict = {}
         groups = []
         if flat:
@@ -449,11 +495,20 @@ class RLTrainer:
         """No-grad passes: old-policy logprobs (when needed), reference logprobs, critic values."""
         c, alg = self.cfg.rl, self.alg
         size, temp, share = c.sequences_per_microbatch, c.temperature, self._share_prompts
-        fused = c.minibatches_per_rollout * c.epochs_per_rollout == 1 and alg.kl_placement != "reward" and self.kind.fuses_old_logp
-        if not fused:
+        fused = (c.minibatches_per_rollout * c.epochs_per_rollout == 1 and alg.kl_placement != "reward" and self.kind.fuses_old_logp
+                 and self.correction == "none")
+        if self.correction == "bypass":  # the sampler's logprobs are the old policy: the ratio is pi / pi_behaviour
+            if alg.kl_placement == "reward":
+                raise ConfigError("rl.correction bypass with KL in the reward: the reward's KL needs the trainer's old logprobs; use decoupled")
+            batch.old_logp = batch.rollout_logp * batch.sampled_mask
+        elif not fused:
             batch.old_logp = self.worker.logprobs(lambda model: batched_no_grad(
                 lambda p, x, k: policy_forward(model, p, x, k, self.pad_id, temp, "none", share)[0], batch, size))
             m.update(mismatch_stats(batch.old_logp, batch))
+            if self.correction == "decoupled":  # pi_old (this policy, before the update) / pi_behaviour, per token
+                batch.is_weights, st = off_policy_weights(batch.old_logp, batch.rollout_logp, batch.loss_mask,
+                                                          c.is_cap, c.is_mode)
+                m.update(st)
         if self.worker.has_reference:
             with self.worker.reference() as ref, self.rt.autocast():
                 batch.ref_logp = batched_no_grad(lambda p, x, k: policy_forward(ref, p, x, k, self.pad_id, temp, "none", share)[0],

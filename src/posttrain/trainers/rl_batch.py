@@ -44,7 +44,8 @@ class RolloutBatch:
       they are context, never trained); None: all of token_mask. loss_mask already excludes them.
     token_rewards: (N, T) float, an environment's per-turn rewards at each turn's last token (sums
       to rewards); None for single-turn prompts.
-    Filled later in the step: old_logp / ref_logp / values (N, T), advantages (N,) or (N, T), returns.
+    Filled later in the step: old_logp / ref_logp / values (N, T), advantages (N,) or (N, T), returns,
+    is_weights (N, T) under the decoupled off-policy correction.
     """
 
     rows: list[Example]
@@ -67,6 +68,7 @@ class RolloutBatch:
     values: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None  # (N, T) decoupled PPO: pi_old / pi_behaviour per token (truncated), or None
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:

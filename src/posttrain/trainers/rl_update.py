@@ -92,6 +92,8 @@ def update_policy(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pa
             old = batch.old_logp[mb] if batch.old_logp is not None else logp.detach()
             pl, st = policy_loss(alg.loss, logp, old, batch.advantages[mb], m, clip_low=alg.clip_low,
                                  clip_high=alg.clip_high, dual_clip=alg.dual_clip)
+            if batch.is_weights is not None:  # decoupled PPO: the behaviour policy's importance weight
+                pl = pl * batch.is_weights[mb]
             loss = aggregate(pl, m, alg.reducer, **red)
             if batch.ref_logp is not None:
                 kl, kst = kl_penalty_loss(logp, batch.ref_logp[mb], m, alg.kl_estimator)
@@ -108,6 +110,26 @@ def update_policy(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pa
         st["loss"] = loss.detach()
         _accumulate(total, st, float(m.sum()))
     return _finish(total, w.rt)
+
+
+def off_policy_weights(old_logp: torch.Tensor, behavior_logp: torch.Tensor, mask: torch.Tensor, cap: float,
+                       mode: str = "truncate") -> tuple[torch.Tensor, dict]:
+    """Decoupled PPO's per-token importance weights w = pi_old / pi_behaviour (Hilton et al. 2022,
+    "Batch size-invariance for policy optimization"; AReaL, Fu et al. 2025): the proximal policy
+    pi_old is the trainer's policy before this update, pi_behaviour the (older) weights that sampled
+    the tokens. ``truncate``: min(w, cap) (truncated importance sampling, as IMPALA's V-trace and
+    verl's rollout correction); ``mask``: tokens with w > cap get weight 0 (they stay in the loss's
+    normalizer). 0 off `mask`. Returns (weights, stats: ``offpolicy/is_mean``, ``is_max`` over the
+    valid tokens before truncation, ``is_truncated_share``)."""
+    if mode not in ("truncate", "mask"):
+        raise ValueError(f"is_mode must be 'truncate' or 'mask', got {mode!r}")
+    m = mask.to(old_logp.dtype)
+    w = torch.exp((old_logp - behavior_logp).clamp(max=30.0)) * m
+    over = (w > cap) & mask.bool()
+    out = w.clamp(max=cap) if mode == "truncate" else torch.where(over, torch.zeros_like(w), w)
+    n = m.sum().clamp_min(1)
+    return out, {"offpolicy/is_mean": float((w * m).sum() / n), "offpolicy/is_max": float(w.max()) if w.numel() else 0.0,
+                 "offpolicy/is_truncated_share": float(over.sum() / n)}
 
 
 def _mismatch(trainer_logp, rollout_logp, mask) -> dict:
