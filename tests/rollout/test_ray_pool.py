@@ -137,3 +137,24 @@ def test_asynchronous_rollouts_are_at_most_k_versions_old(cluster, tmp_path):
     assert all("offpolicy/is_mean" in m and m["offpolicy/is_max"] >= m["offpolicy/is_mean"] > 0 for m in metrics)
     assert main(["rl", "--model", MODEL, "--data", "task:addition", "--max-steps", "1", "--rl.max_staleness", "1",
                  "--out", str(tmp_path / "local")]) == 2  # local engine: refused with a message (it shares the live module)
+
+
+def test_readme_ray_commands_run(cluster, tmp_path, monkeypatch):
+    """The README's Ray recipe as a user types it (shrunk to 2 steps; the cluster address is this
+    test's local cluster)."""
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("<!-- ray-examples", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    cmds = [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.strip().startswith("posttrain")]
+    assert len(cmds) == 2 and all("--rollout.backend" in c for c in cmds)
+    monkeypatch.chdir(tmp_path)
+    shrink = ["--max-steps", "2", "--data.train_rows", "16", "--data.eval_rows", "0", "--rl.prompts_per_step", "2",
+              "--rl.samples_per_prompt", "2", "--rl.max_new_tokens", "4", "--train.progress", "false", "--rollout.cpus_per_worker", "0.25"]
+    for words in cmds:
+        words = [w if w != "HEAD_IP:6379" else ray.get_runtime_context().gcs_address for w in words[1:]]
+        words = ["tiny-llama:d=32,l=1,h=2" if w == "tiny-llama" else w for w in words]
+        assert main([*words, *shrink]) == 0, words
+        out = tmp_path / words[words.index("--out") + 1]
+        assert (out / "checkpoints" / "step-0000002").is_dir()
