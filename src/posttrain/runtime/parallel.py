@@ -117,17 +117,28 @@ def place_model(model: torch.nn.Module, rt: Runtime) -> torch.nn.Module:
     if rt.parallel == "fsdp2":
         if is_peft(model):
             raise ConfigError("runtime.parallel=fsdp2 with LoRA (model.lora_rank > 0) is not supported yet; use --runtime.parallel ddp")
-        from torch.distributed.fsdp import fully_shard
-        import torch.distributed as dist
-
-        with torch.no_grad():
-            for t in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(t.data, src=0)
-        for layer in decoder_layers(model):
-            fully_shard(layer)
-        fully_shard(model)
-        return model
+        return shard_fsdp2(model)
     raise ConfigError(f"runtime.parallel={rt.parallel!r}: expected none, ddp or fsdp2")
+
+
+def broadcast_from_rank0(module) -> None:
+    """Every rank takes rank 0's parameters and buffers (in place)."""
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def shard_fsdp2(module):
+    """`module` with rank 0's weights, ``fully_shard`` on each decoder layer, then on the root (in place)."""
+    from torch.distributed.fsdp import fully_shard
+
+    broadcast_from_rank0(module)
+    for layer in decoder_layers(module):
+        fully_shard(layer)
+    fully_shard(module)
+    return module
 
 
 def grad_sync(train_model, rt: Runtime, sync: bool):

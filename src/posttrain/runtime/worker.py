@@ -37,7 +37,8 @@ import torch
 from posttrain.config import ConfigError
 from posttrain.runtime.device import Runtime
 from posttrain.runtime.parallel import (
-    grad_sync, full_model_state, is_peft, keep_fp32, load_optimizer_state, optimizer_state, output_head, place_model,
+    broadcast_from_rank0, full_model_state, grad_sync, is_peft, keep_fp32, load_optimizer_state, optimizer_state, output_head,
+    place_model, shard_fsdp2,
 )
 
 _ONE = Runtime()
@@ -260,23 +261,9 @@ def place_frozen(module, rt: Runtime):
     if rt.compute_dtype != torch.float32:
         keep_fp32(output_head(module))
     if rt.parallel == "fsdp2":
-        from torch.distributed.fsdp import fully_shard
-        import torch.distributed as dist
-
-        from posttrain.runtime.parallel import decoder_layers
-
-        with torch.no_grad():
-            for t in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(t.data, src=0)
-        for layer in decoder_layers(module):
-            fully_shard(layer)
-        fully_shard(module)
+        shard_fsdp2(module)
     elif rt.distributed:
-        import torch.distributed as dist
-
-        with torch.no_grad():
-            for t in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(t.data, src=0)
+        broadcast_from_rank0(module)
     return module
 
 
