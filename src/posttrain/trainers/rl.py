@@ -38,6 +38,26 @@ Departures / choices:
   (`rl.share_prompts`, shared-prefix forward; `rl_batch.completion_logits`). The options live in
   `rl_config`.
 
+Data parallel (``torchrun ... --runtime.parallel ddp|fsdp2``; `posttrain.runtime`): every rank draws
+the same prompt indices and generates and scores every N-th prompt of a round with its own engine (a
+plain copy of the policy under FSDP2, refreshed after each update); the groups are shared, so every
+rank holds the same kept groups (dynamic sampling included) and trains its contiguous share of them.
+Advantages are computed on the gathered global batch (`rl_update.global_step_advantages`: whitening,
+REINFORCE++ statistics and KL shaping see every rank's sequences); the loss's token and sequence
+counts are all-reduced. With one mini-batch per rollout this is the single-process update exactly
+(tested to 1e-5, with ``rl.seed_per_prompt`` for identical rollouts); with more, each rank shuffles its
+own share. Not data-parallel yet: ``rl.env``, ``rl.engine vllm``, online DPO.
+
+Rollout workers and asynchronous RL (``--rollout.backend ray``, `posttrain.rollout.ray_pool`): the
+engine is a pool of Ray actors. ``rl.max_staleness`` K > 0 keeps the first sampling round of the next
+K steps generating on them while this step updates, so a batch is at most K policy versions old (the
+version each completion carries is logged as ``offpolicy/staleness``). The loss knows the behaviour
+policy through ``rl.correction``: ``bypass`` (the sampler's logprobs are the old policy) or
+``decoupled`` (Hilton et al. 2022; AReaL, Fu et al. 2025: the old policy recomputed, each token's loss
+weighted by min(pi_old / pi_behaviour, ``is_cap``), or masked beyond it), the default when K > 0. As in
+verl's rollout correction, the truncation bounds the variance that stale samples add; unlike AReaL,
+staleness is bounded by submission (at most K steps ahead), not by discarding finished samples.
+
 PRM as a dense reward (``--rl.prm_model runs/prm``, a folder written by `posttrain prm`): the PRM
 scores each step of each completion (cut from the engine's token ids at ``rl.prm_step_sep``, by
 default the PRM's own separator) at the step's last token. Sequence-level estimators (grpo, dr_grpo,
