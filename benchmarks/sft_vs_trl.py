@@ -99,7 +99,7 @@ def run_posttrain(args) -> dict:
     import torch
 
     from posttrain.models import load_model_and_tokenizer
-    from posttrain.trainers.common import DataConfig, OptimConfig, TrainConfig
+    from posttrain.trainers.common import DataConfig, ModelConfig, OptimConfig, TrainConfig
     from posttrain.trainers.sft import SFTConfig, SFTOptions, SFTTrainer
 
     total_steps = args.warmup + args.steps
@@ -109,6 +109,7 @@ def run_posttrain(args) -> dict:
     with open(data_file, "w") as f:  # the very rows TRL gets, in conversational prompt/completion form
         f.writelines(json.dumps(r) + "\n" for r in rows)
     cfg = SFTConfig(
+        model=ModelConfig(name=args.model, gradient_checkpointing=args.gradient_checkpointing),
         data=DataConfig(path=data_file, max_length=args.max_length, train_rows=len(rows)),
         optim=OptimConfig(lr=args.lr, schedule="cosine", min_lr_ratio=0.1, warmup_steps=0, max_grad_norm=1.0),
         train=TrainConfig(out=tempfile.mkdtemp(prefix="bench-sft-"), max_steps=total_steps, seed=0,
@@ -162,6 +163,8 @@ def run_trl(args) -> dict:
         completion_only_loss=True, max_length=args.max_length, packing=False,
         train_sampling_strategy="sequential", dataset_num_proc=None,
         bf16=args.trl_bf16, fp16=False,  # TRL defaults to bf16 autocast; posttrain trains in fp32
+        # TRL 1.x defaults to gradient checkpointing on, posttrain to off: set both the same way
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     if args.micro:
         targs.per_device_train_batch_size = args.micro
@@ -239,6 +242,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--eval-rows", type=int, default=256)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads in both workers (0 = torch's default)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in both frameworks (TRL's own default; posttrain's is off)")
     p.add_argument("--trl-bf16", action="store_true", help="let TRL use its default bf16 autocast (posttrain stays fp32)")
     p.add_argument("--rounds", type=int, default=2, help="subprocess pairs, interleaved p,t / t,p")
     p.add_argument("--only", choices=["posttrain", "trl"], help=argparse.SUPPRESS)
@@ -258,7 +263,7 @@ def main() -> None:
            "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true", "POSTTRAIN_QUIET": "1"}
     base = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--steps", str(args.steps),
             "--warmup", str(args.warmup), "--batch", str(args.batch), "--micro", str(args.micro),
-            "--lr", str(args.lr), "--max-length", str(args.max_length), "--eval-rows", str(args.eval_rows), "--threads", str(args.threads)] + (["--trl-bf16"] if args.trl_bf16 else [])
+            "--lr", str(args.lr), "--max-length", str(args.max_length), "--eval-rows", str(args.eval_rows), "--threads", str(args.threads)] + (["--trl-bf16"] if args.trl_bf16 else []) + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
     results: dict[str, list[dict]] = {"posttrain": [], "trl": []}
     for r in range(args.rounds):
         for fw in (("posttrain", "trl") if r % 2 == 0 else ("trl", "posttrain")):
@@ -280,6 +285,7 @@ def main() -> None:
     print(f"model {args.model} ({pt['params'] / 1e6:.2f}M params), {args.batch} sequences/step"
           f"{f' in micro-batches of {args.micro}' if args.micro else ''}, {args.steps} measured steps after "
           f"{args.warmup} warm-up, lr {args.lr} cosine->10%, {pt['threads']} torch threads; "
+          f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} in both; "
           f"TRL {'bf16 autocast' if args.trl_bf16 else 'fp32'} {tr['version']} (transformers {tr['transformers']}, torch {tr['torch']}); medians of {args.rounds} runs each")
     same_tokens = pt["tokens_per_step"] == tr["tokens_per_step"]
     print(f"identical real tokens per step in both: {same_tokens} ({sum(pt['tokens_per_step'])} tokens in all)")

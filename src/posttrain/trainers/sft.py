@@ -30,6 +30,7 @@ from posttrain.losses.sft import sft_loss
 from posttrain.models import load_model_and_tokenizer
 from posttrain.ops import aggregate, token_logprobs
 from posttrain.ops.linear_nll import linear_nll_sum
+from posttrain.ops.unpadded import supports_unpadded, unpadded_forward, unpadded_layout
 from posttrain.configs import SFTConfig, SFTOptions  # noqa: F401  (re-exported)
 from posttrain.runtime.device import Runtime
 from posttrain.runtime.worker import PolicyWorker
@@ -59,15 +60,34 @@ def microbatch_loss(model, batch, num_loss_tokens: int, rt: Runtime = _CPU) -> t
         nll, _ = sft_loss(token_logprobs(logits.float(), batch.labels), mask)
         return aggregate(nll, mask, "token-mean", num_tokens=num_loss_tokens), float(nll.detach().sum())
     decoder, head = parts
+    layout = _unpadded_layout(decoder, batch)
     with rt.autocast():
-        hidden = decoder(**batch.model_inputs()).last_hidden_state
+        if layout is None:
+            hidden = decoder(**batch.model_inputs()).last_hidden_state
+            picked, labels = hidden[mask], batch.labels[mask]  # (N, d): the trained positions only
+        else:  # every kept token once, no pad positions (posttrain.ops.unpadded)
+            hidden = unpadded_forward(decoder, batch.input_ids.flatten()[layout.index],
+                                      batch.position_ids.flatten()[layout.index], layout.segments)
+            labels = batch.labels.flatten()[layout.index]
+            picked, labels = hidden[labels != -100], labels[labels != -100]
         dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else head.weight.dtype
-    picked = hidden[mask.to(hidden.device)]  # (N, d): the trained positions only
-    nll_sum = linear_nll_sum(picked, head.weight, batch.labels[mask], head.bias, chunk_rows=_HEAD_CHUNK_ROWS, compute_dtype=dtype)
+    nll_sum = linear_nll_sum(picked, head.weight, labels, head.bias, chunk_rows=_HEAD_CHUNK_ROWS, compute_dtype=dtype)
     return nll_sum / num_loss_tokens, float(nll_sum.detach())
 
 
-_HEAD_CHUNK_ROWS = 1024  # rows of fp32 logits live at once in the fused head + NLL (1024 x 49152 x 4 B = 201 MB)
+def _unpadded_layout(decoder, batch):
+    """The padding-free layout of `batch` (`posttrain.ops.unpadded`) when the decoder supports it and
+    it drops at least `_MIN_PAD_SHARE` of the positions; else None (the decoder's own forward)."""
+    if not supports_unpadded(decoder):
+        return None
+    layout = unpadded_layout(batch.input_ids, batch.position_ids, batch.attention_mask, batch.labels)
+    if layout is None or layout.padded - layout.index.numel() < _MIN_PAD_SHARE * layout.padded:
+        return None
+    return layout
+
+
+_MIN_PAD_SHARE = 0.05  # below this, padding costs less than the per-segment attention calls of the unpadded forward
+_HEAD_CHUNK_ROWS = 256  # rows of fp32 logits live at once in the fused head + NLL (256 x 49152 x 4 B = 50 MB)
 # final-logit transforms a causal LM's forward applies after its head; a model with one keeps the full forward
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
