@@ -15,11 +15,14 @@ Modes (same settings, seeds, steps; only these change):
 
 Reported per run: steps/s (completions of a step over the step's wall time, held-out evaluations
 excluded), held-out greedy accuracy every --eval-every steps, the final accuracy (mean of the last 3
-evaluations), and the median over seeds; the speed-up of each mode over ``sync``.
+evaluations), the wall time and steps to the first evaluation at --target (default: the SFT start +
+0.15; the periodic evaluations are not counted), the trainer's wait and the worker's idle time per
+step, and the median over seeds; the speed-up of each mode over ``sync``.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -64,10 +67,15 @@ def run(args, folder: Path, mode: str, seed: int) -> dict:
     n = args.prompts * 8
     step_s = [n / m["completions_per_s"] for m in steps[1:]]  # the first step has nothing prefetched
     curve = [(m["step"], m["eval/accuracy"]) for m in metrics if "eval/accuracy" in m]
+    elapsed = {m["step"]: t for m, t in zip(steps, itertools.accumulate(n / m["completions_per_s"] for m in steps))}
+    hit = next((s for s, a in curve if a >= args.target), None)  # the first evaluation at the target
     return {"mode": mode, "seed": seed, "steps_per_s": 1 / statistics.mean(step_s), "curve": curve,
             "final": statistics.mean(a for _, a in curve[-3:]),
+            "time_to_target_s": elapsed.get(hit, 0.0) if hit is not None else None, "steps_to_target": hit,
             "staleness": statistics.mean(m.get("offpolicy/staleness", 0.0) for m in steps),
-            "wait_s": statistics.mean(m.get("time/wait_rollout_s", 0.0) for m in steps[1:])}
+            "wait_s": statistics.mean(m.get("time/wait_rollout_s", 0.0) for m in steps[1:]),
+            "worker_idle_s": statistics.mean(m.get("time/worker_idle_s", 0.0) for m in steps[1:]),
+            "step_s": statistics.mean(step_s)}
 
 
 def main() -> None:
@@ -84,6 +92,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--modes", nargs="+", default=list(MODES))
+    p.add_argument("--target", type=float, default=0.0,
+                   help="held-out accuracy for the time-to-target column (0 = the SFT start + 0.15)")
     args = p.parse_args()
     import ray
     import torch
@@ -92,7 +102,8 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)  # the worker's one core; the trainer has the other
     folder, start = sft_start(args)
-    print(f"start: held-out accuracy {start:.3f} ({folder})", flush=True)
+    args.target = args.target or round(start + 0.15, 3)
+    print(f"start: held-out accuracy {start:.3f} ({folder}); target {args.target:.3f}", flush=True)
     rows = []
     for seed in args.seeds:
         for mode in args.modes:
@@ -100,18 +111,25 @@ def main() -> None:
             r = run(args, folder, mode, seed)
             rows.append(r)
             print(f"{mode} seed {seed}: {r['steps_per_s']:.3f} steps/s, final {r['final']:.3f}, staleness {r['staleness']:.2f}, "
-                  f"trainer waits {r['wait_s']:.2f} s/step, curve {r['curve']} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                  f"trainer waits {r['wait_s']:.2f} s/step, worker idle {r['worker_idle_s']:.2f} s/step of {r['step_s']:.2f}, "
+                  f"target at step {r['steps_to_target']} ({r['time_to_target_s'] or float('nan'):.0f} s), "
+                  f"curve {r['curve']} ({time.perf_counter() - t0:.0f} s)", flush=True)
     (Path(args.out) / "results.json").write_text(json.dumps({"start": start, "args": vars(args), "runs": rows}, indent=1))
     sync = statistics.median(r["steps_per_s"] for r in rows if r["mode"] == "sync") if any(r["mode"] == "sync" for r in rows) else None
     print(f"\nstart accuracy {start:.3f}; medians over seeds {args.seeds}\n")
-    print("| mode | steps/s | vs sync | final held-out accuracy | mean staleness |\n|---|---|---|---|---|")
+    print(f"| mode | steps/s | vs sync | time to {args.target:.3f} (s; steps) | final held-out accuracy | mean staleness "
+          "| trainer waits (s/step) | worker idle (s/step) |\n|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
         mine = [r for r in rows if r["mode"] == mode]
         sps = statistics.median(r["steps_per_s"] for r in mine)
         finals = ", ".join(f"{r['final']:.3f}" for r in mine)
         ratio = f"{sps / sync:.2f}x" if sync else "-"
-        print(f"| {mode} | {sps:.3f} | {ratio} | {statistics.median(r['final'] for r in mine):.3f} (seeds {finals}) "
-              f"| {statistics.median(r['staleness'] for r in mine):.2f} |")
+        # a seed that never reached the target counts as infinitely slow in the median
+        tt = statistics.median(r["time_to_target_s"] if r["time_to_target_s"] is not None else float("inf") for r in mine)
+        st = statistics.median(r["steps_to_target"] if r["steps_to_target"] is not None else float("inf") for r in mine)
+        print(f"| {mode} | {sps:.3f} | {ratio} | {tt:.0f}; {st} | {statistics.median(r['final'] for r in mine):.3f} (seeds {finals}) "
+              f"| {statistics.median(r['staleness'] for r in mine):.2f} | {statistics.median(r['wait_s'] for r in mine):.2f} "
+              f"| {statistics.median(r['worker_idle_s'] for r in mine):.2f} |")
 
 
 if __name__ == "__main__":

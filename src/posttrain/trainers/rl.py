@@ -56,7 +56,11 @@ policy through ``rl.correction``: ``bypass`` (the sampler's logprobs are the old
 ``decoupled`` (Hilton et al. 2022; AReaL, Fu et al. 2025: the old policy recomputed, each token's loss
 weighted by min(pi_old / pi_behaviour, ``is_cap``), or masked beyond it), the default when K > 0. As in
 verl's rollout correction, the truncation bounds the variance that stale samples add; unlike AReaL,
-staleness is bounded by submission (at most K steps ahead), not by discarding finished samples.
+staleness is bounded by submission (at most K steps ahead), not by discarding finished samples. A
+checkpoint waits for the rollouts generated ahead and keeps them (token ids, logprobs, versions), so
+an asynchronous run resumes on the samples it would have trained on (regenerating them on the loaded
+weights would be a valid continuation, but not the same run). Each role's idle
+time is logged: ``time/wait_rollout_s`` for the trainer, ``time/worker_idle_s`` for the workers.
 
 PRM as a dense reward (``--rl.prm_model runs/prm``, a folder written by `posttrain prm`): the PRM
 scores each step of each completion (cut from the engine's token ids at ``rl.prm_step_sep``, by
@@ -86,7 +90,7 @@ from posttrain.data import encode_prompt
 from posttrain.logging import MetricsLogger, ProgressBar, console, warn
 from posttrain.models import load_model_and_tokenizer
 from posttrain.rewards import make_overlong_penalty
-from posttrain.rollout import HFEngine, PolicyWeights, SamplingParams
+from posttrain.rollout import Completion, HFEngine, PolicyWeights, SamplingParams
 from posttrain.runtime.device import fail_point, rng_state
 from posttrain.runtime.worker import PolicyWorker
 from posttrain.trainers.common import (
@@ -268,13 +272,12 @@ class RLTrainer:
         if r.backend == "ray":  # rollout workers: Ray actors, each with its own engine (posttrain.rollout.ray_pool)
             if self.rt.distributed:
                 raise ConfigError("--rollout.backend ray with runtime.parallel: not supported yet (each rank has its own engine)")
-            if c.engine != "hf":
-                raise ConfigError("--rollout.backend ray runs the hf engine on its workers (vLLM workers are not supported yet)")
             from posttrain.rollout.ray_pool import RayRolloutPool
 
             return RayRolloutPool(self.generator, self.tokenizer, r.workers, sequences_per_batch=c.rollout_sequences_per_batch,
                                   lean=c.lean_decoder, cpus_per_worker=r.cpus_per_worker, gpus_per_worker=r.gpus_per_worker,
-                                  timeout_s=r.timeout_s, max_restarts=r.max_restarts, address=self.cfg.ray.address)
+                                  timeout_s=r.timeout_s, max_restarts=r.max_restarts, address=self.cfg.ray.address,
+                                  transport=r.transport, engine=c.engine, seed=self.cfg.train.seed)
         if r.backend != "local":
             raise ConfigError(f"rollout.backend must be 'local' or 'ray', got '{r.backend}'")
         if c.engine == "hf":
@@ -318,6 +321,7 @@ class RLTrainer:
         m: dict = {}
         t0 = time.perf_counter()
         self._waited = 0.0
+        busy0 = self._workers_busy()
         batch = self.collect(m)  # rollout + score (+ dynamic sampling refills)
         m["time/rollout_s"] = time.perf_counter() - t0
         m["time/wait_rollout_s"] = self._waited  # the trainer idle, waiting for the engine / workers
@@ -341,7 +345,17 @@ class RLTrainer:
         m["offpolicy/staleness_max"] = self.step_num - 1 - min(versions, default=self.step_num - 1)
         if getattr(self.engine, "restarts", 0):
             m["rollout/worker_restarts"] = self.engine.restarts
+        if busy0 is not None:  # each role's idle time: the trainer's is time/wait_rollout_s
+            wall, busy = time.perf_counter() - t0, self._workers_busy()
+            if len(busy) == len(busy0):  # (not across a worker replacement)
+                m["time/worker_idle_s"] = max(0.0, wall - sum(b - a for a, b in zip(busy0, busy)) / len(busy))
         return m
+
+    def _workers_busy(self) -> list[float] | None:
+        """Cumulative seconds each rollout worker spent generating or loading weights (Ray
+        workers); None for an in-process engine, which is never idle apart from the trainer."""
+        stats = getattr(self.engine, "worker_stats", None)
+        return list(stats()["busy_s"]) if stats is not None else None
 
     def _submit(self, idx: list[int], step_for: int, round_: int):
         """Start generating the groups of prompts `idx` for step `step_for` (0-based) on this rank's
@@ -679,6 +693,7 @@ class RLTrainer:
         shards = sharded_dir(rt, self.run_dir, self.step_num)
         model_state, opt_state, fmt = self.worker.checkpoint_state(shards)
         state = {"optimizer": opt_state, "optimizer_format": fmt, "scheduler": self.sched.state_dict(), "data": self.sampler.state()}
+        ahead = rt.gather_object(self._settle_ahead())  # asynchronous mode: the rollouts already generated ahead
         if self.critic_worker is not None:
             c_model, c_opt, c_fmt = self.critic_worker.checkpoint_state()
             state.update(critic=c_model if c_model is not None else self.critic.state_dict(), critic_optimizer=c_opt,
@@ -687,6 +702,8 @@ class RLTrainer:
         path = self.run_dir / "checkpoints" / f"step-{self.step_num:07d}"
         if rt.is_main:
             state.update(world_size=rt.world_size, rng_per_rank=rngs)
+            if any(ahead):
+                state["ahead_per_rank"] = ahead
             path = save_checkpoint(self.run_dir, self.step_num, self.model, self.tokenizer, state, self.cfg.train.keep_checkpoints,
                                    model_state=model_state, move_in={"optimizer": shards} if fmt == "dcp" else None)
             if shards is not None:
@@ -708,6 +725,35 @@ class RLTrainer:
         self.sampler.load_state(st["data"])
         self.step_num = st["step"]
         self.engine.update_weights(self.worker.named_weights(), self.step_num)
+        self._restore_ahead(st.get("ahead_per_rank"), st.get("world_size", 1))
+
+    def _settle_ahead(self) -> list:
+        """This rank's rollouts generated ahead (asynchronous mode), waited for, as plain data for a
+        checkpoint: [(step, prompt indices, this rank's positions, groups of completion dicts)]. The
+        queue keeps the finished results, so nothing is generated twice."""
+        settled = []
+        for k, (step, idx, mine, pending) in enumerate(self._ahead):
+            outs = pending.result() if hasattr(pending, "result") else pending
+            self._ahead[k] = (step, idx, mine, outs)
+            settled.append((step, idx, mine, [[dataclasses.asdict(comp) for comp in g] for g in outs]))
+        return settled
+
+    def _restore_ahead(self, per_rank, saved_world: int) -> None:
+        """Put the checkpoint's rollouts generated ahead back in the queue, so an asynchronous run
+        resumes on the very samples (and the behaviour policies) it would have trained on. With
+        another rank count, or with ``rl.max_staleness`` now 0, the same prompts are generated again on
+        the weights just loaded (a valid, less stale, but not an identical continuation)."""
+        if not per_rank or not any(per_rank):
+            return
+        if saved_world == self.rt.world_size and self._ahead_steps:
+            for step, idx, mine, groups in per_rank[self.rt.rank]:
+                self._ahead.append((step, idx, mine, [[Completion(**d) for d in g] for g in groups]))
+            return
+        if self.rt.is_main:
+            console.print(f"resume: {len(per_rank[0])} steps of rollouts generated ahead by {saved_world} rank(s) are "
+                          f"generated again (now {self.rt.world_size} rank(s), rl.max_staleness {self._ahead_steps})")
+        for step, idx, _, _ in per_rank[0]:  # the prompts were drawn already: the next steps' first rounds
+            self._ahead.append((step, idx, *self._submit(idx, step, 0)))
 
 
 HELP = "online RL with verifiable rewards (--algo grpo|dr_grpo|dapo|rloo|reinforce_pp|remax|ppo|online_dpo)"
