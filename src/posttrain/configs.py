@@ -360,8 +360,20 @@ class EvalRun:  # named `train` in EvalConfig so that --out / --resume mean the 
 
 
 @dataclass(frozen=True)
+class EvalEpisode:  # --env: the episode limits (as rl.max_turns, ...; posttrain.eval.env)
+    max_turns: int = ranged(4, gt=0)  # model turns per episode (each at most sampling.max_new_tokens)
+    max_episode_tokens: int = ranged(256, gt=0)  # tokens after the prompt per episode, model and env tokens together
+    max_tool_output_tokens: int = ranged(64, gt=0)  # tokens of one env / tool message (cut beyond, counted)
+    env_timeout_s: float = ranged(10.0, ge=0)  # an env call slower than this fails the episode (0: no limit)
+    env_role: str = "user"  # chat role of env messages ("tool" where the chat template has one)
+    success_reward: float = 1.0  # an episode with at least this reward is a success
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     benchmark: str = ""  # gsm8k, math500, aime24, ..., task:SPEC, or file (your own --data.path); empty: file if data.columns/checker/template is set, else gsm8k
+    env: str = ""  # a multi-turn environment NAME[:k=v,...] (guess, calculator) instead of a benchmark: success rate, turns, tokens
+    episode: EvalEpisode = field(default_factory=EvalEpisode)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="smollm2-135m-instruct"))
     data: EvalData = field(default_factory=EvalData)
     sampling: EvalSampling = field(default_factory=EvalSampling)

@@ -24,13 +24,6 @@ MODEL = "tiny-llama:d=32,l=2,h=2"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
     return load_model_and_tokenizer(MODEL, seed=0)

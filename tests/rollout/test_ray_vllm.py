@@ -10,7 +10,7 @@ import pytest
 import torch
 
 pytest.importorskip("vllm")
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
 from posttrain.data import encode_prompt  # noqa: E402
 from posttrain.models import load_model_and_tokenizer  # noqa: E402
@@ -22,13 +22,6 @@ MODEL = "tiny-llama:d=64,l=2,h=2"
 pytestmark = pytest.mark.vllm
 GREEDY = SamplingParams(n=1, temperature=0.0, max_new_tokens=10)
 VLLM = {"kv_cache_memory_bytes": 64 << 20}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _prompts(tok):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 
 from posttrain.cli import main  # noqa: E402
 
@@ -17,13 +17,6 @@ ARGS = ["rl", "--model", "tiny-llama:d=32,l=2,h=2", "--data", "task:addition:dig
         "--rl.overlong_buffer", "5", "--rl.stop", "1,7",  # length-shaped rewards: the updates are not zero
         "--rl.temperature", "1.5", "--rollout.backend", "ray", "--rollout.workers", "1",
         "--rollout.cpus_per_worker", "0.5", "--rl.max_staleness", "2", "--train.save_every", "2"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _rows(out):

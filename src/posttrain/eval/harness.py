@@ -7,6 +7,7 @@ final answer is extracted and checked by the benchmark (math-verify for math, se
 `posttrain.eval.benchmarks`). Metrics (`posttrain.eval.metrics`): greedy accuracy, unbiased pass@k
 (Chen et al. 2021), maj@k (self-consistency, Wang et al. 2022), mean@k, average generated tokens,
 completions with no extractable answer (scored wrong, counted), truncated completions, tokens/s.
+With ``--env NAME`` the stage plays episodes in a multi-turn environment instead (`posttrain.eval.env`).
 
 Resuming: `out/samples.jsonl` gets one line per finished problem, written a batch of problems at a
 time; a restart with `--resume` (the default) reads it, drops a torn last line, checks that the
@@ -317,13 +318,15 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-HELP = "evaluate a model on a benchmark: greedy, pass@k, maj@k, mean@k, tokens (resumable)"
+HELP = "evaluate a model on a benchmark: greedy, pass@k, maj@k, mean@k, tokens (resumable); or in an environment (--env)"
 CONFIG = EvalConfig
 
 
 def run(cfg: EvalConfig) -> dict:
     from posttrain.models import load_model_and_tokenizer
 
+    if cfg.env:
+        return run_env(cfg)
     d = cfg.data
     name = cfg.benchmark or (FILE_BENCHMARK if (d.columns or d.checker or d.template) else "gsm8k")
     loaded = load_benchmark(name, d.path or None, d.root or None, d.limit, d.on_error,
@@ -347,4 +350,31 @@ def run(cfg: EvalConfig) -> dict:
                           max_prompt_tokens=d.max_prompt_tokens, on_long=d.on_long,
                           extra={"contamination": contamination} if contamination else None)
     console.print(markdown_table([result]))
+    return result
+
+
+def run_env(cfg: EvalConfig) -> dict:
+    """``posttrain eval --env NAME``: episodes in a multi-turn environment (`posttrain.eval.env`)."""
+    from posttrain.data.sources import read_rows
+    from posttrain.eval.env import evaluate_env, markdown_env_table
+    from posttrain.models import load_model_and_tokenizer
+    from posttrain.rollout.multiturn import EpisodeLimits
+    from posttrain.runtime.support import place_for_inference
+
+    if cfg.benchmark:
+        raise ConfigError(f"eval: --env {cfg.env} and --benchmark {cfg.benchmark}: choose one")
+    d, e = cfg.data, cfg.episode
+    rows = None
+    if d.path:  # the file's rows go to reset (each row's fields)
+        rows = [r.data for r in read_rows(d.path, on_error=d.on_error) if r.error is None][: d.limit or None]
+        if not rows:
+            raise DataError(f"{d.path}: no rows for --env {cfg.env}")
+    model, tokenizer = load_model_and_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    rt, (model,) = place_for_inference(cfg, model)
+    limits = EpisodeLimits(max_turns=e.max_turns, max_episode_tokens=e.max_episode_tokens,
+                           max_tool_output_tokens=e.max_tool_output_tokens, env_role=e.env_role)
+    with rt.autocast():
+        result = evaluate_env(model, tokenizer, cfg.env, cfg.sampling, limits, cfg.train.out, rows=rows, limit=d.limit,
+                              success_reward=e.success_reward, timeout_s=e.env_timeout_s, model_name=cfg.model.name)
+    console.print(markdown_env_table([result]))
     return result
