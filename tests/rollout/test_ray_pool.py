@@ -226,6 +226,10 @@ def test_rl_with_ray_rollout_workers_equals_the_in_process_run(cluster, tmp_path
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     metrics = [json.loads(line) for line in (tmp_path / "ray" / "metrics.jsonl").read_text().splitlines()]
     assert any(m.get("advantage_abs_mean", 0) > 0 for m in metrics)  # the updates were not zero
+    local = [json.loads(line) for line in (tmp_path / "local" / "metrics.jsonl").read_text().splitlines()]
+    # idle time: synchronous workers keep the trainer waiting; an in-process engine is the trainer's own work
+    assert all(m["time/wait_rollout_s"] > 1e-3 and m["time/worker_idle_s"] >= 0 for m in metrics if "loss" in m)
+    assert all(m["time/wait_rollout_s"] < 1e-3 and "time/worker_idle_s" not in m for m in local if "loss" in m)
 
 
 def test_asynchronous_rollouts_are_at_most_k_versions_old(cluster, tmp_path):

@@ -394,10 +394,13 @@ class RLTrainer:
         c, rt = self.cfg.rl, self.rt
         if round_ == 0 and self._ahead and self._ahead[0][0] == self.step_num and len(self._ahead[0][1]) == n_prompts:
             _, idx, mine, pending = self._ahead.popleft()
+            t0 = time.perf_counter()
         else:
             idx = self.sampler.take(n_prompts)
+            t0 = time.perf_counter()  # (rollout workers generating synchronously: the trainer waits in the call)
             mine, pending = self._submit(idx, self.step_num, round_)
-        t0 = time.perf_counter()
+            if not hasattr(self.engine, "worker_stats"):
+                t0 = time.perf_counter()  # an in-process engine: the generation is the trainer's own work
         outs = pending.result() if hasattr(pending, "result") else pending
         self._waited += time.perf_counter() - t0
         rows = [self.rows[idx[j]] for j in mine for _ in range(c.samples_per_prompt)]
