@@ -36,11 +36,11 @@ def _perturbed(model, seed: float, scale=0.5, only=None):
     return model
 
 
-def _assert_same(hf, vl):
+def _assert_same(hf, vl, atol=1e-4):
     assert [[c.token_ids for c in g] for g in hf] == [[c.token_ids for c in g] for g in vl]
     for g, h in zip(hf, vl):
         for a, b in zip(g, h):
-            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+            assert a.logprobs == pytest.approx(b.logprobs, abs=atol)
 
 
 def _tokens(outs):
@@ -86,12 +86,12 @@ def test_vllm_worker_with_adapter_sync_follows_the_lora_policy(cluster):
         # rounds differently, by up to ~1e-3 in a logprob with these large random weights)
         merged = lambda: HFEngine(_plain_model(policy), tok).generate(prompts, GREEDY)  # noqa: E731
         before = pool.generate(prompts, GREEDY)
-        _assert_same(merged(), before)
+        _assert_same(merged(), before, atol=1e-3)  # merged LoRA weights: other summation orders (2.1e-4 seen)
         for version in (1, 2):
             _perturbed(policy, 10 + version, scale=0.3, only="lora_")
             pool.update_weights(PolicyWeights(policy), version)
             after = pool.generate(prompts, GREEDY)
-            _assert_same(merged(), after)
+            _assert_same(merged(), after, atol=1e-3)
             assert _tokens(HFEngine(policy, tok).generate(prompts, GREEDY)) == _tokens(after)
             assert {c.policy_version for g in after for c in g} == {version}
         assert _tokens(after) != _tokens(before)
