@@ -62,7 +62,8 @@ class EnvRollouts:
         self.fmt = turn_format(tokenizer, self.limits.env_role)
         return self.fmt
 
-    def _session(self) -> EnvSession:
+    def session(self) -> EnvSession:
+        """A fresh session of the environment (a broken one fails its episode at ``open``)."""
         try:
             return make_session(self.factory, self.timeout_s)
         except EnvFailure as e:
@@ -73,7 +74,7 @@ class EnvRollouts:
         (an episode with no token, failed at reset, is left out and counted)."""
         fmt = self.fmt or self.bind(tokenizer)
         rows = [self.rows[i] for i in idx for _ in range(per_row)]
-        episodes = run_episodes(engine, tokenizer, [self._session() for _ in rows], rows, params, self.limits, fmt)
+        episodes = run_episodes(engine, tokenizer, [self.session() for _ in rows], rows, params, self.limits, fmt)
         groups: list[list[Episode]] = []
         for g in range(len(idx)):
             eps = episodes[g * per_row : (g + 1) * per_row]

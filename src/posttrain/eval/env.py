@@ -9,7 +9,8 @@ Each held-out row (an environment seed) gets one greedy episode (``sampling.gree
 - ``success_rate`` (greedy episodes) and ``success_mean@n`` (sampled): the share of episodes whose
   reward is at least ``episode.success_reward`` (1.0: the built-in games pay 1 for a win); an
   episode whose environment failed never succeeds;
-- ``reward_mean``, ``turns_mean``, ``policy_tokens_mean`` / ``env_tokens_mean`` per episode;
+- ``reward_mean``, ``turns_mean``, ``policy_tokens_mean`` / ``env_tokens_mean`` per episode (the
+  training log's `episode_metrics`, without the ``env/`` prefix);
 - ``tool_error_rate`` (tool errors and malformed calls over tool calls plus malformed calls), and the
   counts of env failures (error, timeout, garbage), truncated tool outputs and episode statuses.
 
@@ -26,9 +27,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
-from posttrain.envs.training import COUNTED, EnvRollouts
+from posttrain.envs.training import EnvRollouts, episode_metrics
 from posttrain.logging import console
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.rollout.multiturn import Episode, EpisodeLimits, run_episodes
@@ -37,22 +39,15 @@ HELD_OUT_SEED = 1000  # added to sampling.seed for the held-out rows (see the mo
 
 
 def episode_summary(episodes: list[Episode], success_reward: float) -> dict:
-    """Success share, means and counts over `episodes` (see the module docstring)."""
-    n = max(1, len(episodes))
-    counts = {k: sum(e.counts.get(k, 0) for e in episodes) for k in COUNTED}
-    attempts = counts["tool_calls"] + counts["malformed_calls"]
-    statuses: dict[str, int] = {}
-    for e in episodes:
-        statuses[e.status] = statuses.get(e.status, 0) + 1
+    """Success share, the training log's episode means and counts (`episode_metrics`), the tool
+    error rate and the count of each status over `episodes` (see the module docstring)."""
+    base = {k.removeprefix("env/"): v for k, v in episode_metrics(episodes).items() if not k.startswith("env/status_")}
+    attempts = base["tool_calls"] + base["malformed_calls"]
     return {
-        "episodes": len(episodes),
-        "success": sum(1 for e in episodes if not e.failed and e.reward >= success_reward) / n,
-        "reward_mean": sum(e.reward for e in episodes) / n,
-        "turns_mean": sum(e.turns for e in episodes) / n,
-        "policy_tokens_mean": sum(sum(e.mask()) for e in episodes) / n,
-        "env_tokens_mean": sum(len(e.token_ids) - sum(e.mask()) for e in episodes) / n,
-        "tool_error_rate": (counts["tool_errors"] + counts["malformed_calls"]) / attempts if attempts else 0.0,
-        **counts, "statuses": statuses,
+        **base,
+        "success": sum(1 for e in episodes if not e.failed and e.reward >= success_reward) / max(1, len(episodes)),
+        "tool_error_rate": (base["tool_errors"] + base["malformed_calls"]) / attempts if attempts else 0.0,
+        "statuses": dict(Counter(e.status for e in episodes)),
     }
 
 
@@ -78,7 +73,7 @@ def evaluate_env(model, tokenizer, env, sampling, limits: EpisodeLimits, out, *,
     by_kind: dict[str, list[Episode]] = {}
     with open(out / "episodes.jsonl", "w") as f:
         for kind, params in runs:
-            eps = run_episodes(engine, tokenizer, [envs._session() for _ in envs.rows], envs.rows, params, limits, fmt)
+            eps = run_episodes(engine, tokenizer, [envs.session() for _ in envs.rows], envs.rows, params, limits, fmt)
             by_kind[kind] = eps
             for i, (row, e) in enumerate(zip(envs.rows, eps)):
                 f.write(json.dumps({"row": i, "env_row": row, "kind": kind, "reward": e.reward, "turns": e.turns,
