@@ -226,7 +226,7 @@ class RLOptions:
     prm_step_sep: str = ""  # empty: the separator the PRM was trained with
     prm_baseline: float = 0.5  # subtracted from step scores in token-level rewards (gae, reinforce_pp)
     # multi-turn environments (posttrain.envs, posttrain.rollout.multiturn); empty env: single-turn prompts
-    env: str = ""  # an environment, NAME[:k=v,...] (guess, calculator); rows are its seeds unless data.path is a file
+    env: str = ""  # an environment, NAME[:k=v,...] (guess, calculator, wordle, frozenlake, blackjack, ...); rows are its seeds unless data.path is a file
     max_turns: int = ranged(4, gt=0)  # model turns per episode (each at most max_new_tokens)
     max_episode_tokens: int = ranged(256, gt=0)  # tokens after the prompt per episode, model and env tokens together
     max_tool_output_tokens: int = ranged(64, gt=0)  # tokens of one env / tool message (cut beyond, counted)
@@ -372,7 +372,7 @@ class EvalEpisode:  # --env: the episode limits (as rl.max_turns, ...; posttrain
 @dataclass(frozen=True)
 class EvalConfig:
     benchmark: str = ""  # gsm8k, math500, aime24, ..., task:SPEC, or file (your own --data.path); empty: file if data.columns/checker/template is set, else gsm8k
-    env: str = ""  # a multi-turn environment NAME[:k=v,...] (guess, calculator) instead of a benchmark: success rate, turns, tokens
+    env: str = ""  # a multi-turn environment NAME[:k=v,...] (guess, calculator, wordle, frozenlake, ...) instead of a benchmark: success rate, turns, tokens
     episode: EvalEpisode = field(default_factory=EvalEpisode)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="smollm2-135m-instruct"))
     data: EvalData = field(default_factory=EvalData)

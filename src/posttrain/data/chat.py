@@ -4,6 +4,14 @@ Conversations are rendered with the tokenizer's own chat template and cut into s
 boundaries; each segment is tokenized on its own (no special tokens added), so the prompt tokens are
 the ones generation sees and the trained span is exact. Checks: the trained span is non-empty,
 EOS lies inside it (unless truncated), and BOS is not doubled.
+
+SFT of a conversation trains each assistant turn through its end token (EOS); what the template
+writes after it (SmolLM2's newline after ``<|im_end|>``) is context, and context after the last
+trained token is dropped (it trains nothing). That is how the multi-turn rollout
+(`posttrain.rollout.multiturn`) lays out an episode, whose model stops at EOS: an agent transcript
+(tool calls and results in `posttrain.data.toolcalls`'s text format) tokenizes to exactly the
+episode's token ids, with the episode's mask. (One known gap: the rollout tokenizes an observation
+with ``split_special_tokens``, so env text that spells a special token differs from its SFT tokens.)
 """
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from dataclasses import dataclass
 
 from posttrain.data.formats import Example
 from posttrain.data.sources import DataError
+from posttrain.data.toolcalls import render_ready
 
 
 class PromptTooLong(DataError):
@@ -28,8 +37,14 @@ class TokenizedExample:
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The template's text of `messages`; tool calls and tool results in the rollout's text format
+    when the template does not render them itself (`posttrain.data.toolcalls.render_ready`)."""
     if tokenizer.chat_template is None:
         raise DataError("the tokenizer has no chat template; use standard (text) rows or set a template")
+    try:
+        messages = render_ready(tokenizer, messages)
+    except ValueError as e:
+        raise DataError(f"messages: {e}") from None
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
@@ -56,6 +71,17 @@ def conversation_segments(tokenizer, messages: list[dict], train_from: int = 0) 
         raise DataError("the chat template is not prefix-consistent; cannot locate assistant turns")
     segments.append((rest[len(done):], False))
     return [(t, trained) for t, trained in segments if t]
+
+
+def _through_eos(tokenizer, segments: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Each trained segment cut after its last EOS: what the template writes after the end token
+    (SmolLM2's newline after ``<|im_end|>``) is context, as in a rollout, where the model stops at EOS."""
+    eos = tokenizer.eos_token
+    out = []
+    for text, trained in segments:
+        j = text.rfind(eos) + len(eos) if trained and eos and eos in text else len(text)
+        out += [(t, tr) for t, tr in ((text[:j], trained), (text[j:], False)) if t]
+    return out
 
 
 def encode_prompt(tokenizer, prompt) -> list[int]:
@@ -92,10 +118,12 @@ def tokenize_sft(tokenizer, ex: Example, max_length: int | None = None) -> Token
     if ex.conversational:
         msgs = (ex.prompt or []) + ex.completion if ex.prompt is not None else ex.completion
         train_from = len(ex.prompt) if ex.prompt is not None else 0
-        for text, trained in conversation_segments(tokenizer, msgs, train_from):
+        for text, trained in _through_eos(tokenizer, conversation_segments(tokenizer, msgs, train_from)):
             part = _encode(tokenizer, text)
             ids += part
             mask += [int(trained)] * len(part)
+        last = max((i for i, m in enumerate(mask) if m), default=len(mask) - 1)
+        ids, mask = ids[: last + 1], mask[: last + 1]  # trailing context trains nothing (and the rollout has none)
     else:
         if ex.prompt is not None:
             ids = tokenizer(ex.prompt, add_special_tokens=True)["input_ids"]

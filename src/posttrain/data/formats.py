@@ -1,6 +1,8 @@
 """Dataset formats (the ones TRL users already have), detection and row validation.
 
-Kinds, each in a standard (text) or conversational (list of {role, content} messages) style:
+Kinds, each in a standard (text) or conversational (list of {role, content} messages) style
+(messages may carry OpenAI-style ``tool_calls`` and ``tool`` results: agent transcripts, checked
+and rendered by `posttrain.data.toolcalls`):
 
 | kind                | fields                                   |
 |---------------------|------------------------------------------|
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from posttrain.data.sources import DataError, Row, read_rows
+from posttrain.data.toolcalls import check_tool_messages, has_tool_messages
 
 KINDS = (
     "language_modeling",
@@ -120,9 +123,14 @@ def _check_text(row: Row, name: str, allow_empty: bool = False) -> tuple[Text, b
         for j, m in enumerate(v):
             if m.get("role") not in ROLES:
                 raise DataError(f"{row.where(name)}: message {j}: role {m.get('role')!r} is not one of {sorted(ROLES)}")
-            if not isinstance(m.get("content"), str):
+            if not isinstance(m.get("content"), str) and not (m.get("content") is None and m.get("tool_calls")):
                 raise DataError(f"{row.where(name)}: message {j}: 'content' must be a string")
-        return [{"role": m["role"], "content": m["content"]} for m in v], True
+        if not has_tool_messages(v):
+            return [{"role": m["role"], "content": m["content"]} for m in v], True
+        msgs, why = check_tool_messages(v)  # agent transcripts: tool_calls and tool results (posttrain.data.toolcalls)
+        if why:
+            raise DataError(f"{row.where(name)}: {why}")
+        return msgs, True
     if isinstance(v, list) and not v:
         raise DataError(f"{row.where(name)}: empty list (expected a non-empty list of messages)")
     raise DataError(f"{row.where(name)}: expected a string or a list of {{role, content}} messages, got {type(v).__name__}")
@@ -287,7 +295,7 @@ def sft_problem(ex: Example) -> str | None:
         roles = [m["role"] for m in ex.completion]
         return f"{ex.where}: field '{name}': no assistant turn (SFT trains on assistant turns; roles here: {roles})"
     for j in turns:
-        if not ex.completion[j]["content"].strip():
+        if not ex.completion[j]["content"].strip() and not ex.completion[j].get("tool_calls"):
             return f"{ex.where}: field '{name}': message {j}: empty assistant turn (SFT would train on the end token alone)"
     return None
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from posttrain.config import ranged
 
-CMDS = ("passrate", "filter", "dedup", "decontaminate", "select")
+CMDS = ("passrate", "filter", "dedup", "decontaminate", "select", "transcripts")
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class DataIn:
 
 @dataclass(frozen=True)
 class DataModel:
-    name: str = "smollm2-135m-instruct"  # passrate: the policy sampled; filter with length_unit=tokens: its tokenizer
+    name: str = "smollm2-135m-instruct"  # passrate: the policy sampled; filter with length_unit=tokens, transcripts: its tokenizer
     trust_remote_code: bool = False  # run a local model's own modelling code (only for folders you trust)
 
 
@@ -91,8 +91,22 @@ class SelectOptions:
 
 
 @dataclass(frozen=True)
+class TranscriptOptions:
+    keep: Literal["success", "all"] = "success"  # keep episodes whose reward reaches success_reward, or every episode that did not fail
+    success_reward: float = 1.0  # an episode with at least this reward is a success (the built-in games pay 1 for a win)
+    max_turns: int = ranged(8, gt=0)  # model turns per episode (as rl.max_turns)
+    max_new_tokens: int = ranged(256, gt=0)  # tokens per model turn (as rl.max_new_tokens)
+    max_episode_tokens: int = ranged(1024, gt=0)  # tokens after the prompt per episode (as rl.max_episode_tokens)
+    max_tool_output_tokens: int = ranged(256, gt=0)  # tokens of one env / tool message, cut beyond (as rl.max_tool_output_tokens)
+    env_role: str = "user"  # chat role of env messages (as rl.env_role)
+    timeout_s: float = ranged(10.0, ge=0)  # an env call slower than this fails the episode (left out)
+
+
+@dataclass(frozen=True)
 class DataToolsConfig:
-    cmd: str = ""  # sub-command passrate|filter|dedup|decontaminate|select (or the first word: posttrain data dedup ...)
+    cmd: str = ""  # sub-command passrate|filter|dedup|decontaminate|select|transcripts (or the first word: posttrain data dedup ...)
+    env: str = ""  # transcripts: the environment NAME[:k=v,...] played by its scripted player (demonstrate())
+    rows: int = ranged(300, gt=0)  # transcripts: episodes played (env rows seeded from --seed)
     benchmark: tuple[str, ...] = ()  # decontaminate: eval benchmarks checked: gsm8k,math500,aime24,aime25,amc23,countdown,task:SPEC
     out: str = "runs/data"  # output folder: data.jsonl (kept rows), removed.jsonl, report.json, report.md
     overwrite: bool = False  # write into a non-empty --out (its earlier outputs are replaced)
@@ -106,3 +120,4 @@ class DataToolsConfig:
     dedup: DedupOptions = field(default_factory=DedupOptions)
     decontam: DecontamOptions = field(default_factory=DecontamOptions)
     select: SelectOptions = field(default_factory=SelectOptions)
+    transcripts: TranscriptOptions = field(default_factory=TranscriptOptions)

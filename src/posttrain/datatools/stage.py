@@ -5,6 +5,7 @@
     posttrain data dedup --data train.jsonl --out runs/dd
     posttrain data decontaminate --data train.jsonl --benchmark gsm8k,math500 --out runs/dc
     posttrain data select --data runs/pr/data.jsonl --select.n 1000 --out runs/s1
+    posttrain data transcripts --env guess:high=16,max_guesses=4 --rows 300 --model tiny-llama --out runs/tr
 
 Every sub-command reads ``--data`` with the training stages' ``--data.*`` options (path, kind,
 columns, on_error, limit) and writes into ``--out``:
@@ -13,6 +14,10 @@ columns, on_error, limit) and writes into ``--out``:
 - ``removed.jsonl``: the rows left out, each ``{"row": N, "reason": ..., "data": {...}}`` (N is the
   1-based row of the input, as errors name it);
 - ``report.json`` and ``report.md``: what was read, kept and removed, and why.
+
+``transcripts`` reads no ``--data``: it plays ``--env`` with the environment's scripted player
+(`posttrain.envs.transcripts`) and writes the kept episodes as ``messages`` rows to ``data.jsonl``
+(the others, with why, to ``removed.jsonl``); ``--model`` names the tokenizer that bounds the turns.
 
 A non-empty ``--out`` that holds an earlier output is refused unless ``--overwrite true`` (or, for
 ``passrate``, ``--resume``, which continues it); nothing is written until the input has been read
@@ -28,11 +33,11 @@ from posttrain.datatools.config import CMDS, DataToolsConfig
 from posttrain.datatools.table import Item, Table, write_jsonl
 from posttrain.logging import console
 
-HELP = "data tools: passrate, filter, dedup, decontaminate, select (rows in, rows + report out)"
+HELP = "data tools: passrate, filter, dedup, decontaminate, select, transcripts (rows in, rows + report out)"
 CONFIG = DataToolsConfig
 
 MODULES = {"passrate": "passrate", "filter": "filters", "dedup": "dedup", "decontaminate": "decontam",
-           "select": "select"}
+           "select": "select", "transcripts": "transcripts"}
 OUTPUTS = ("data.jsonl", "removed.jsonl", "report.json", "report.md")
 
 

@@ -10,7 +10,16 @@ Two ways in, told apart by the class (a ``step`` method means game style):
   without one is the final answer and ends the episode.
 - **game style** (gymnasium-like, as LlamaGym): ``reset(seed) -> (observation, info)`` and
   ``step(action_text) -> (observation, reward, terminated, truncated, info)``; every model turn is
-  an action, every step's reward is a per-turn reward, the episode's reward is their sum.
+  an action, every step's reward is a per-turn reward, the episode's reward is their sum; an
+  ``info["counts"]`` mapping of names to ints (e.g. ``{"invalid_actions": 1}``) is added to the
+  episode's counts.
+- **two-player style** (self-play, as SPIRAL over TextArena's games): game style with a ``players``
+  pair of seat names, ``current_player`` and per-seat observations and rewards from ``reset`` /
+  ``step``; rolled out by `posttrain.rollout.selfplay` (one episode per seat), not by `make_session`.
+
+Either style may define ``demonstrate() -> str``: the model turn a scripted player would write now
+(a tool call, an answer, a guess); `posttrain.envs.transcripts` plays it to write SFT transcripts.
+The name is reserved: never a tool.
 
 Failures never stop a run: a malformed tool call or a raising tool becomes an error message back
 to the model and a count (`posttrain.envs.tools`); an environment call (``reset`` / ``step`` /
@@ -32,7 +41,7 @@ from posttrain.registry import Registry
 
 ENVS: Registry[Callable[..., Any]] = Registry("environment")
 
-RESERVED = frozenset({"reset", "step", "reward", "close", "rows", "system_prompt"})
+RESERVED = frozenset({"reset", "step", "reward", "close", "rows", "system_prompt", "demonstrate"})
 
 
 class EnvFailure(Exception):
@@ -79,7 +88,15 @@ class EnvSpec:
     description: str = ""
 
 
+def is_two_player(cls) -> bool:
+    """A two-player environment (class or instance): ``step`` and a ``players`` pair of seat names."""
+    players = getattr(cls, "players", None)
+    return callable(getattr(cls, "step", None)) and isinstance(players, (tuple, list)) and len(players) == 2
+
+
 def style_of(cls) -> str:
+    if is_two_player(cls):
+        return "two_player"
     return "game" if callable(getattr(cls, "step", None)) else "tool"
 
 
@@ -209,9 +226,12 @@ class GameSession(EnvSession):
         out = self._call(self.env.step, text, what="step")
         if not (isinstance(out, tuple) and len(out) == 5):
             raise EnvFailure("env_garbage", f"step returned {type(out).__name__}, expected a 5-tuple")
-        obs, reward, terminated, truncated, _info = out
+        obs, reward, terminated, truncated, info = out
         r = self._reward(reward, "step")
         self.total += r
+        counts = info.get("counts") if isinstance(info, dict) else None
+        if isinstance(counts, dict):  # the env's own counts (invalid actions, ...) join the episode's
+            self.counts.update({str(k): v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool)})
         return Step(self._text(obs, "step"), r, bool(terminated) or bool(truncated))
 
     def final_reward(self) -> float:
@@ -258,5 +278,7 @@ def make_session(factory: Callable[[], Any], timeout_s: float = 10.0, max_output
     """A fresh environment from `factory` in the session of its style. Building it may raise:
     `EnvFailure` (the episode fails)."""
     env = call_with_timeout(factory, timeout_s=timeout_s, what="environment constructor")
+    if is_two_player(env):
+        raise TypeError(f"{type(env).__name__} is a two-player environment: play it with posttrain.rollout.selfplay.run_games")
     cls = GameSession if style_of(env) == "game" else ToolSession
     return cls(env, timeout_s, max_output_chars)

@@ -8,6 +8,9 @@ call, read as its last number (``#### 75`` or plain ``75``). Reward 1 if it equa
 The calculator evaluates model-written text, so it never calls ``eval``: it walks the expression's
 syntax tree and admits only numbers, + - * / // % ** (exponent at most 12) and parentheses, at most
 200 characters, results up to 1e15 in magnitude. Anything else is an error message to the model.
+
+``demonstrate()`` is the scripted player of SFT transcripts (`posttrain.envs.transcripts`): it calls
+the calculator with the problem's expression, then answers ``#### N`` with the tool's result.
 """
 from __future__ import annotations
 
@@ -64,12 +67,15 @@ class CalculatorEnv:
     def __init__(self, max_value: int = 20):
         self.max_value = max_value
         self.answer: float | None = None
+        self.expression, self.last_result = "", None
 
     def reset(self, seed: int | None = None, **row) -> str:
         rng = random.Random(seed)
         who, item = rng.choice(NAMES), rng.choice(ITEMS)
         a, b, c = (rng.randint(2, self.max_value) for _ in range(3))
         kind = rng.randrange(3)
+        self.last_result = None
+        self.expression = (f"{a} * {b} - {min(c, a * b)}", f"{a} + {b} * {c}", f"{a} * {b} * {c}")[kind]
         if kind == 0:
             self.answer = a * b - min(c, a * b)
             c = min(c, a * b)
@@ -83,7 +89,14 @@ class CalculatorEnv:
 
     def calculator(self, expression: str) -> str:
         """Evaluate an arithmetic expression with + - * / and parentheses, e.g. "3 * (4 + 5)"."""
-        return _format(safe_arithmetic(expression))
+        self.last_result = _format(safe_arithmetic(expression))
+        return self.last_result
+
+    def demonstrate(self) -> str:
+        """The scripted turn: a calculator call with the problem's expression, then its result as the answer."""
+        if self.last_result is None:
+            return f'<tool_call>{{"name": "calculator", "arguments": {{"expression": "{self.expression}"}}}}</tool_call>'
+        return f"#### {self.last_result}"
 
     def reward(self, final_answer: str | None = None) -> float:
         if final_answer is None or self.answer is None:

@@ -32,7 +32,7 @@ _CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
 
 def collect_tools(env) -> dict[str, Any]:
     """name -> bound method for every public method of `env` except the reserved ones (reset, step,
-    reward, close, rows, system_prompt)."""
+    reward, close, rows, system_prompt, demonstrate)."""
     out = {}
     for name in dir(type(env)):
         if name.startswith("_") or name in RESERVED:

@@ -6,6 +6,15 @@ row (one env seed); the trajectory-level reward is the episode's; env / tool tok
 sequence with mask 0 (no loss, no gradient, no advantage); each turn's reward sits at the turn's last
 token (`Episode.token_rewards`) for a turn-level estimator such as ``turn_discounted``.
 
+Two-player environments (self-play, `posttrain.rollout.selfplay`, e.g. ``tictactoe``): a row's
+``samples_per_prompt`` games are played by the policy in both seats, and each game gives one sample per
+seat. **A GRPO group is one seat of one seed** (`EnvRollouts.groups_per_row` = 2: the seat-0 samples,
+then the seat-1 samples of that seed's games), so the baseline is conditioned on the role, as in
+SPIRAL's role-conditioned advantage estimation (Liu et al. 2025; they keep a running mean per game
+and role, here the group's mean per seed and seat). One group of both seats would be wrong for a
+zero-sum game: its mean is 0 whatever the seats' odds, so a seat with a first-move edge would be
+credited for the edge. A step trains ``prompts_per_step`` seeds, i.e. 2 x ``prompts_per_step`` groups.
+
 Departure from TRL's ``environment_factory``: the environment's ``reward()`` is the reward (no reward
 function over the completions), and the trainer's ``rl.reward`` functions are not used with an env.
 """
@@ -15,11 +24,11 @@ from collections import Counter
 from typing import Any, Callable
 
 from posttrain.data import Example
-from posttrain.envs.base import EnvFailure, EnvSession, env_factory, env_rows, make_session
+from posttrain.envs.base import ENVS, EnvFailure, EnvSession, env_factory, env_rows, make_session, parse_env_spec, style_of
 from posttrain.rollout.base import SamplingParams
 from posttrain.rollout.multiturn import Episode, EpisodeLimits, TurnFormat, run_episodes, turn_format
 
-COUNTED = ("tool_calls", "tool_errors", "malformed_calls", "truncated_outputs", "split_samples",
+COUNTED = ("tool_calls", "tool_errors", "malformed_calls", "truncated_outputs", "split_samples", "invalid_actions",
            "env_error", "env_timeout", "env_garbage")
 FAILURES = ("env_error", "env_timeout", "env_garbage")
 
@@ -50,6 +59,9 @@ class EnvRollouts:
         self.factory = env_factory(spec)
         self.rows = list(data_rows) if data_rows is not None else env_rows(self.factory, n_rows, seed)
         self.fmt: TurnFormat | None = None
+        self.style = ENVS.needs(parse_env_spec(spec)[0]).style if isinstance(spec, str) else style_of(spec)
+        self.two_player = self.style == "two_player"
+        self.groups_per_row = 2 if self.two_player else 1  # training groups per row (two-player: one per seat)
 
     def examples(self) -> list[Example]:
         """One `Example` per row (for the trainer's sampler, logs and display): the row in ``extra``."""
@@ -62,6 +74,12 @@ class EnvRollouts:
         self.fmt = turn_format(tokenizer, self.limits.env_role)
         return self.fmt
 
+    def game(self):
+        """A fresh `TwoPlayerSession` (two-player environments; a broken one fails its game at ``open``)."""
+        from posttrain.rollout.selfplay import make_game
+
+        return make_game(self.factory, self.timeout_s)
+
     def session(self) -> EnvSession:
         """A fresh session of the environment (a broken one fails its episode at ``open``)."""
         try:
@@ -71,15 +89,30 @@ class EnvRollouts:
 
     def rollout(self, engine, tokenizer, idx: list[int], per_row: int, params: SamplingParams):
         """(groups, metrics): for each row index in `idx`, the training samples of `per_row` episodes
-        (an episode with no token, failed at reset, is left out and counted)."""
+        (an episode with no token, failed at reset, is left out and counted); a two-player env gives
+        `groups_per_row` groups per row, one per seat."""
         fmt = self.fmt or self.bind(tokenizer)
         rows = [self.rows[i] for i in idx for _ in range(per_row)]
+        if self.two_player:
+            return self._rollout_games(engine, tokenizer, rows, len(idx), per_row, params, fmt)
         episodes = run_episodes(engine, tokenizer, [self.session() for _ in rows], rows, params, self.limits, fmt)
         groups: list[list[Episode]] = []
         for g in range(len(idx)):
             eps = episodes[g * per_row : (g + 1) * per_row]
             groups.append([s for e in eps for s in e.samples() if s.token_ids])
         return groups, episode_metrics(episodes)
+
+    def _rollout_games(self, engine, tokenizer, rows, n_idx: int, per_row: int, params, fmt):
+        """Self-play: `per_row` games per row; groups per row and seat, seat 0 first (module docstring)."""
+        from posttrain.rollout.selfplay import game_metrics, run_games
+
+        games = run_games(engine, tokenizer, [self.game() for _ in rows], rows, params, self.limits, fmt)
+        groups: list[list[Episode]] = []
+        for g in range(n_idx):
+            mine = games[g * per_row : (g + 1) * per_row]
+            for seat in (0, 1):
+                groups.append([s for game in mine for s in game.episodes[seat].samples() if s.token_ids])
+        return groups, {**episode_metrics([e for game in games for e in game.episodes]), **game_metrics(games)}
 
 
 def env_rollouts_for(cfg, train_src=None) -> EnvRollouts:

@@ -127,7 +127,9 @@ class Episode(Completion):
     failure kind (``env_error``, ``env_timeout``, ``env_garbage``). counts: tool calls, tool errors,
     malformed calls, truncated outputs, failures. parts: for a template that is not append-only, one
     training sample per turn (each an `Episode` with its own prompt, that turn's reward in
-    ``turn_rewards``, the episode's in ``reward``); empty otherwise. messages: the text, for display.
+    ``turn_rewards``, the episode's in ``reward``); empty otherwise. messages: the conversation as the
+    model saw it (env text cut as its tokens were), for display and as an SFT transcript row
+    (`posttrain.envs.transcripts`; it tokenizes back to the episode's ids).
     """
 
     prompt_ids: list[int] = field(default_factory=list)
@@ -232,6 +234,12 @@ def _env_delta(st: _State, fmt: TurnFormat, text: str, tokenizer, limit: int) ->
     return close[k:] + list(fmt.open) + body + list(fmt.then)
 
 
+def _seen_text(tokenizer, text: str, limit: int) -> str:
+    """The env text as the model sees it: cut at `limit` tokens (the message a transcript records)."""
+    body = _ids(tokenizer, text, split_special=True)
+    return text if len(body) <= limit else tokenizer.decode(body[:limit])
+
+
 def _finish(st: _State, tokenizer, limits: EpisodeLimits) -> Episode:
     st.session.close()
     counts = st.counts + st.session.counts
@@ -329,7 +337,7 @@ def _model_turn(st: _State, inp, comp: Completion, fmt: TurnFormat, tokenizer, l
         if st.used >= limits.max_episode_tokens:
             st.status = "token_limit"
         return
-    st.messages.append({"role": limits.env_role, "content": obs})
+    st.messages.append({"role": limits.env_role, "content": _seen_text(tokenizer, obs, limits.max_tool_output_tokens)})
     delta = _env_delta(st, fmt, obs, tokenizer, limits.max_tool_output_tokens)
     if st.used + len(delta) >= limits.max_episode_tokens:  # no room left for a model token
         st.status = "token_limit"

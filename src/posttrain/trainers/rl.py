@@ -30,7 +30,9 @@ Departures / choices:
 - Environments (``rl.env``, `posttrain.envs`): a group is ``samples_per_prompt`` multi-turn episodes on
   one env row (seed); the environment owns the reward; env / tool tokens sit in the sequence with
   mask 0 (attended, never trained, no advantage, no KL); per-turn rewards reach turn-level estimators
-  (``turn_discounted``) as a per-token stream. See `posttrain.rollout.multiturn`.
+  (``turn_discounted``) as a per-token stream. See `posttrain.rollout.multiturn`. A two-player env
+  (``tictactoe``) is played by the policy in both seats (`posttrain.rollout.selfplay`): each seed gives
+  one group per seat (`posttrain.envs.training`), so a step has 2 x ``prompts_per_step`` groups.
 - ``whiten_advantages`` (PPO) whitens over the trained tokens; set on a sequence-level estimator, it
   now whitens that advantage spread over its tokens (it used to be ignored silently).
 - Speed only, same values (tested): rollouts go through the lean Llama-family decoder
@@ -296,7 +298,7 @@ class RLTrainer:
         """The run's derived sizes: the algorithm's resolved axes, prompts, sequences per step and
         mini-batch, optimizer steps per rollout, parameters, rewards, reference / value model, PRM."""
         c = self.cfg.rl
-        n = c.prompts_per_step * c.samples_per_prompt
+        n = c.prompts_per_step * c.samples_per_prompt * (self.env.groups_per_row if self.env is not None else 1)
         return {
             "algorithm": dataclasses.asdict(self.alg), "prompts": len(self.rows), "eval_prompts": len(self.eval_rows),
             "sequences_per_step": n, "sequences_per_minibatch": -(-n // c.minibatches_per_rollout),
@@ -431,6 +433,7 @@ class RLTrainer:
         params = SamplingParams(n=1, temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_new_tokens,
                                 stop=tuple(c.stop), seed=self.cfg.train.seed * 1_000_003 + self.step_num * 97 + round_)
         outs, em = self.env.rollout(self.engine, self.tokenizer, idx, c.samples_per_prompt, params)
+        idx = [i for i in idx for _ in range(self.env.groups_per_row)]  # two-player games: a group per seat
         m.update(em)  # the last sampling round's env metrics
         failed = {k: em[f"env/{k}"] for k in ("env_error", "env_timeout", "env_garbage") if em.get(f"env/{k}")}
         for k, v in failed.items():
@@ -449,8 +452,10 @@ class RLTrainer:
         kept: list[tuple[int, list, torch.Tensor, object]] = []  # (row index, completions, rewards, reward output)
         stats = Counter()
         gated = alg.dynamic_sampling or bool(c.reward_band)
+        per_row = self.env.groups_per_row if self.env is not None else 1  # two-player games: a group per seat
+        want = c.prompts_per_step * per_row  # groups
         for round_ in range(1 + (c.max_refill_rounds if gated else 0)):
-            need = c.prompts_per_step - len(kept)
+            need = -(-(want - len(kept)) // per_row)  # rows
             if need <= 0:
                 break
             if self.env is not None:
@@ -474,9 +479,9 @@ class RLTrainer:
         m.update({f"reward/{k}": v for k, v in stats.items()})
         if gated:
             m["dynamic_sampling/kept_groups"] = len(kept)
-            if len(kept) < c.prompts_per_step:
-                self._warn("refill", f"the admission gates kept {len(kept)}/{c.prompts_per_step} groups after {c.max_refill_rounds} refills")
-        kept = kept[: c.prompts_per_step]
+            if len(kept) < want:
+                self._warn("refill", f"the admission gates kept {len(kept)}/{want} groups after {c.max_refill_rounds} refills")
+        kept = kept[:want]
         if self.rt.distributed:  # equal shares: a short step trains on a multiple of the rank count
             kept = kept[: len(kept) // self.rt.world_size * self.rt.world_size]
         if not kept:
