@@ -329,3 +329,27 @@ def test_cli_eval_on_tictactoe(tmp_path):
     assert m["loss_rate"] == sum(e["winner"] == 1 for e in greedy) / 6
     assert all((e["reward"] > 0) == (e["winner"] == 0) for e in eps)
     assert set(m["random_baseline"]) == {"win_rate", "draw_rate", "loss_rate"} and "sampled_outcomes@1" in m
+
+
+def test_readme_selfplay_commands_run(tmp_path, monkeypatch):
+    """The README's self-play lines as a user types them (shrunk): rl then eval on the trained run."""
+    import shlex
+    from pathlib import Path
+
+    from posttrain.cli import main
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("<!-- selfplay-examples", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    cmds = [shlex.split(line) for line in block.splitlines() if line.startswith("posttrain")]
+    assert [c[1] for c in cmds] == ["rl", "eval"]
+    monkeypatch.chdir(tmp_path)
+    shrink = {"rl": ["--max-steps", "1", "--data.train_rows", "4", "--rl.prompts_per_step", "2", "--rl.samples_per_prompt", "2",
+                     "--rl.max_new_tokens", "3", "--train.progress", "false"],
+              "eval": ["--data.limit", "4", "--sampling.n", "0", "--sampling.max_new_tokens", "3", "--train.progress", "false"]}
+    for words in cmds:
+        words = [MODEL if w == "tiny-llama" else w for w in words[1:]]
+        assert main([*words, *shrink[words[0]]]) == 0, words
+    res = json.loads((tmp_path / "runs" / "eval-tictactoe" / "results.json").read_text())
+    m = res["metrics"]
+    assert m["win_rate"] + m["draw_rate"] + m["loss_rate"] == pytest.approx(1.0)
+    assert res["model"].endswith("rl-tictactoe")
