@@ -295,7 +295,7 @@ class DemoConfig:
     sft_lr: float = ranged(3e-3, gt=0)  # SFT peak learning rate
     sequences_per_step: int = ranged(64, gt=0)  # SFT examples per step
     eval_problems: int = ranged(200, gt=0)  # held-out problems for greedy exact match
-    stages: tuple[str, ...] = ("sft", "dpo", "rl", "scaling")  # stages to run, in order: sft,dpo,rl,scaling
+    stages: tuple[str, ...] = ("sft", "dpo", "rl", "scaling")  # stages to run, in order: sft,dpo,rl,scaling (and agent)
     # DPO and GRPO start from a mid-accuracy SFT snapshot, each beside continued SFT from it for the same wall time
     mid_accuracy: float = ranged(0.45, ge=0, le=1)  # the SFT step closest to this held-out accuracy is where dpo and rl start
     snapshot_every: int = ranged(5, gt=0)  # SFT steps between candidate snapshots (kept after the last eval below a target)
@@ -317,6 +317,13 @@ class DemoConfig:
     scaling_beams: tuple[str, ...] = ("4x4",)  # NUM_BEAMSxEXPANSIONS
     scaling_temperature: float = ranged(0.5, gt=0)  # sampling temperature of the searched policy
     scaling_beam_max_steps: int = 8  # a solution is 4 lines
+    # the agent stage (opt-in: --stages sft,dpo,rl,scaling,agent): its own tiny model, SFT on the scripted player's won games, then GRPO
+    agent_env: str = "guess:high=7,max_guesses=3"  # the environment (posttrain.envs)
+    agent_model: str = "tiny-llama:d=64,l=2,h=4"  # the agent's from-scratch model
+    agent_sft_steps: int = ranged(150, gt=0)  # SFT steps on the transcripts
+    agent_grpo_steps: int = ranged(50, gt=0)  # GRPO steps in the environment
+    agent_lr: float = ranged(5e-4, gt=0)  # GRPO learning rate
+    agent_prompts: int = ranged(32, gt=0)  # env seeds per GRPO step (8 games each)
     overwrite: bool = False  # replace a demo run already in --out (its stage folders, report and summary)
     progress: bool = True  # show progress bars on a terminal
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

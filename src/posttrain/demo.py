@@ -116,7 +116,7 @@ def _stage_label(name: str, s: dict) -> str:
         return "SFT\nfrom scratch"
     if name == "scaling":
         return f"test-time scaling\nSFT step {s['weak_step']},\n{s['best']['method']}@{s['best']['budget']}"
-    title = {"dpo": "RPO (DPO + NLL)", "rl": "GRPO"}.get(name, name)
+    title = {"dpo": "RPO (DPO + NLL)", "rl": "GRPO", "agent": "agent: GRPO in\nthe game, success"}.get(name, name)
     return f"{title}\nfrom SFT step {s['start_step']}" if "start_step" in s else title
 
 
@@ -139,7 +139,7 @@ def write_report(run_dir: Path, cfg: DemoConfig, summary: dict) -> Path:
     lines += ["| stage | starts from | before | after | gain (points) | steps | seconds | control: SFT, same time |",
               "|---|---|---|---|---|---|---|---|"]
     for stage, s in summary["stages"].items():
-        origin = {"sft": "scratch", "scaling": f"SFT step {s.get('weak_step')}"}.get(stage, f"SFT step {s.get('start_step')}")
+        origin = {"sft": "scratch", "scaling": f"SFT step {s.get('weak_step')}", "agent": "SFT on transcripts"}.get(stage, f"SFT step {s.get('start_step')}")
         c = s.get("control")
         control = f"{pct(c['accuracy'])} ({pts(c['gain'])}, {c['steps']} steps)" if c else "-"
         gain = None if s.get("before") is None or s.get("accuracy") is None else s["accuracy"] - s["before"]
@@ -369,7 +369,25 @@ def plot_rl(run_dir: Path, curves: dict) -> Path:
     return path
 
 
-STAGES = {"dpo": _dpo_stage, "rl": _rl_stage, "scaling": _scaling_stage}
+def _agent_stage(cfg: DemoConfig, run_dir: Path, model, tokenizer) -> dict:
+    """The agent recipe (`posttrain.envs.recipe`) on its own tiny model: SFT on the scripted player's
+    won games of `agent_env`, then GRPO in the environment; held-out greedy success before and after.
+    The demo's addition model is not used (it knows nothing of the game)."""
+    from posttrain.envs.recipe import AgentRecipe, run_agent_recipe
+
+    r = run_agent_recipe(AgentRecipe(out=str(run_dir / "agent"), env=cfg.agent_env, model=cfg.agent_model,
+                                     sft_steps=cfg.agent_sft_steps, grpo_steps=cfg.agent_grpo_steps, lr=cfg.agent_lr,
+                                     prompts=cfg.agent_prompts,
+                                     eval_every=cfg.agent_grpo_steps, eval_rows=cfg.eval_problems, seed=cfg.seed,
+                                     progress=cfg.progress))
+    return {"accuracy": r["success_grpo"], "before": r["success_sft"], "steps": cfg.agent_grpo_steps,
+            "report_lines": [f"Agent ({cfg.agent_env}): the scripted player won {r['transcripts']['player_success']:.3f} of "
+                             f"{r['transcripts']['rows']} games; SFT on the {r['transcripts']['kept']} won ones "
+                             f"({cfg.agent_sft_steps} steps), then GRPO: held-out greedy success "
+                             f"{r['success_sft']:.3f} -> {r['success_grpo']:.3f}.", ""]}
+
+
+STAGES = {"dpo": _dpo_stage, "rl": _rl_stage, "scaling": _scaling_stage, "agent": _agent_stage}
 MID_STAGES = ("dpo", "rl")  # start from the mid-accuracy SFT snapshot, beside the continued-SFT control
 
 

@@ -114,3 +114,22 @@ def test_demo_control_continues_the_sft_run_from_the_snapshot_and_restores_the_t
     assert {n: (c["steps"], c["seconds"], c["accuracy"]) for n, c in out.items()} == {"dpo": (2, 2.0, 0.5), "rl": (4, 4.0, 0.5)}
     assert tr.step == 12 and tr.order.state() == order
     assert all(torch.equal(final[n], v) for n, v in tr.model.state_dict().items())
+
+
+def test_demo_agent_stage_reports_success_before_and_after_grpo(tmp_path):
+    """`--stages sft,agent`: the agent recipe on its own model, its held-out success in the summary and report."""
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--model", "tiny-llama:d=32,l=2,h=2", "--sft_steps", "2",
+               "--sequences_per_step", "8", "--eval_problems", "6", "--stages", "sft,agent",
+               "--agent_model", "tiny-llama:d=32,l=2,h=2", "--agent_sft_steps", "2", "--agent_grpo_steps", "1", "--agent_prompts", "2",
+               "--progress", "false"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    agent = summary["stages"]["agent"]
+    inner = json.loads((out / "agent" / "summary.json").read_text())
+    assert agent["before"] == inner["success_sft"] and agent["accuracy"] == inner["success_grpo"]
+    assert inner["sft_steps"] == 2 and inner["grpo_steps"] == 1 and inner["eval_rows"] == 6
+    assert sorted(int(k) for k in inner["held_out_curve"]) == [0, 1]  # the SFT start and the one checkpoint
+    assert 0 < inner["transcripts"]["kept"] < inner["transcripts"]["rows"] == 300  # the won games only
+    report = (out / "report.md").read_text()
+    assert "| agent | SFT on transcripts |" in report and "Agent (guess:high=7,max_guesses=3)" in report
