@@ -25,7 +25,7 @@ transcripts (`posttrain.envs.transcripts`): a shortest safe path in ``frozenlake
 from __future__ import annotations
 
 from posttrain.envs.base import register_env
-from posttrain.envs.gym import GymEnv, choice_parser, gymnasium
+from posttrain.envs.gym import GymEnv, gymnasium
 
 MOVES = ("left", "down", "right", "up")  # gymnasium's FrozenLake action numbers 0..3
 _DELTA = {0: (0, -1), 1: (1, 0), 2: (0, 1), 3: (-1, 0)}
