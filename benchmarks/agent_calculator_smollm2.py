@@ -1,7 +1,13 @@
 """SmolLM2-135M-Instruct in the calculator-tool environment, end to end with GRPO, for a few steps.
 
     python benchmarks/agent_calculator_smollm2.py --out runs/bench_calc_smollm2            # 4 steps
+    python benchmarks/agent_calculator_smollm2.py --sft-steps 8 --out runs/bench_calc_sft  # warm start first
     python benchmarks/agent_calculator_smollm2.py --steps 1 --prompts 1 --samples 2 --out /tmp/c   # smoke
+
+With ``--sft-steps N`` the model is first warmed up on the scripted player's games (``posttrain data
+transcripts --env calculator --model smollm2-135m-instruct``: the player calls the tool with the
+problem's expression, then answers; ``posttrain sft`` on them for N steps of 8 games), and everything
+below starts from that SFT model. Without it the instruct model rarely calls the tool in this format.
 
 Runs through the command line as a user types it: `posttrain eval --env calculator` on held-out
 seeds (greedy), `posttrain rl --rl.env calculator` (GRPO on episodes: each model turn may call the
@@ -46,6 +52,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--eval-rows", type=int, default=20)
     ap.add_argument("--lr", type=float, default=2e-6)
+    ap.add_argument("--sft-steps", type=int, default=0, help="0: no warm start; N: SFT on transcripts first")
+    ap.add_argument("--sft-rows", type=int, default=64, help="scripted games played for the warm start")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     out = Path(args.out).resolve()
@@ -54,10 +62,20 @@ def main() -> None:
     episode = ["--episode.max_turns", str(args.max_turns), "--episode.max_episode_tokens", str(args.max_turns * (args.max_new_tokens + 64))]
     ev = ["eval", "--env", "calculator", "--data.limit", str(args.eval_rows), "--sampling.n", "0",
           "--sampling.max_new_tokens", str(args.max_new_tokens), "--train.progress", "false", *episode]
-    seconds = {"eval_before": posttrain([*ev, "--model", "smollm2-135m-instruct", "--out", str(out / "eval_before")], log, args.threads)}
+    model, seconds = "smollm2-135m-instruct", {}
+    if args.sft_steps:
+        seconds["transcripts"] = posttrain(["data", "transcripts", "--env", "calculator", "--rows", str(args.sft_rows),
+                                            "--model", model, "--transcripts.max_turns", str(args.max_turns),
+                                            "--out", str(out / "transcripts"), "--overwrite", "true"], log, args.threads)
+        seconds["sft"] = posttrain(["sft", "--model", model, "--data", str(out / "transcripts" / "data.jsonl"),
+                                    "--max-steps", str(args.sft_steps), "--lr", "2e-5", "--sft.sequences_per_step", "8",
+                                    "--sft.sequences_per_microbatch", "4", "--data.eval_rows", "0", "--train.progress", "false",
+                                    "--out", str(out / "sft"), "--train.overwrite", "true"], log, args.threads)
+        model = str(out / "sft")
+    seconds["eval_before"] = posttrain([*ev, "--model", model, "--out", str(out / "eval_before")], log, args.threads)
     rl_out = out / "grpo"
     seconds["grpo"] = posttrain([
-        "rl", "--algo", "grpo", "--model", "smollm2-135m-instruct", "--rl.env", "calculator",
+        "rl", "--algo", "grpo", "--model", model, "--rl.env", "calculator",
         "--rl.prompts_per_step", str(args.prompts), "--rl.samples_per_prompt", str(args.samples),
         "--rl.max_turns", str(args.max_turns), "--rl.max_new_tokens", str(args.max_new_tokens),
         "--rl.max_episode_tokens", str(args.max_turns * (args.max_new_tokens + 64)), "--rl.kl_coef", "0",
@@ -84,6 +102,8 @@ def report(out: Path, seconds: dict) -> None:
         lines.append(f"| {name} GRPO | {m.get('episodes', m.get('num_rows'))} | {m.get('success_rate', 0):.3f} | {m.get('turns_mean', 0):.2f} "
                      f"| {m.get('tool_error_rate', 0):.3f} | {seconds[f'eval_{name}']:.0f} |")
     lines.append("")
+    if "sft" in seconds:
+        lines.append(f"warm start: transcripts {seconds['transcripts']:.0f} s, SFT {seconds['sft']:.0f} s")
     lines.append(f"GRPO {seconds['grpo']:.0f} s for {len(steps)} steps")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -208,6 +208,20 @@ class EnvSession:
                 self.counts["close_errors"] += 1
 
 
+class BrokenSession(EnvSession):
+    """The session of an environment whose constructor failed: the episode fails at ``open``."""
+
+    def __init__(self, failure: EnvFailure):
+        super().__init__(None)
+        self.failure = failure
+
+    def open(self, row):
+        raise self.failure
+
+    def close(self) -> None:
+        pass
+
+
 class GameSession(EnvSession):
     """A gymnasium-like environment: every model turn is one ``step``; the reward is the sum of steps'."""
 

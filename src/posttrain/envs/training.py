@@ -24,27 +24,13 @@ from collections import Counter
 from typing import Any, Callable
 
 from posttrain.data import Example
-from posttrain.envs.base import ENVS, EnvFailure, EnvSession, env_factory, env_rows, make_session, parse_env_spec, style_of
+from posttrain.envs.base import ENVS, BrokenSession, EnvFailure, EnvSession, env_factory, env_rows, make_session, parse_env_spec, style_of
 from posttrain.rollout.base import SamplingParams
 from posttrain.rollout.multiturn import Episode, EpisodeLimits, TurnFormat, run_episodes, turn_format
 
 COUNTED = ("tool_calls", "tool_errors", "malformed_calls", "truncated_outputs", "split_samples", "invalid_actions",
            "env_error", "env_timeout", "env_garbage")
 FAILURES = ("env_error", "env_timeout", "env_garbage")
-
-
-class _Broken(EnvSession):
-    """The session of an environment whose constructor failed: the episode fails at ``open``."""
-
-    def __init__(self, failure: EnvFailure):
-        super().__init__(None)
-        self.failure = failure
-
-    def open(self, row):
-        raise self.failure
-
-    def close(self) -> None:
-        pass
 
 
 class EnvRollouts:
@@ -85,7 +71,7 @@ class EnvRollouts:
         try:
             return make_session(self.factory, self.timeout_s)
         except EnvFailure as e:
-            return _Broken(e)
+            return BrokenSession(e)
 
     def rollout(self, engine, tokenizer, idx: list[int], per_row: int, params: SamplingParams):
         """(groups, metrics): for each row index in `idx`, the training samples of `per_row` episodes

@@ -297,9 +297,9 @@ def _split_prompt(st: _State, tokenizer) -> list[int]:
     return encode_prompt(tokenizer, st.messages) if st.parts else st.prompt_ids
 
 
-def _model_turn(st: _State, inp, comp: Completion, fmt: TurnFormat, tokenizer, limits: EpisodeLimits,
-                params: SamplingParams, last: bool) -> None:
-    """Record one sampled turn, step the environment, append its reply (or end the episode)."""
+def _record_turn(st: _State, inp, comp: Completion, fmt: TurnFormat, tokenizer, limits: EpisodeLimits,
+                 params: SamplingParams) -> str:
+    """Append one sampled turn (cut to its budget) to the episode's ids, mask and messages; its text."""
     budget = _budget(st, limits, params)
     ids, logp = list(comp.token_ids[:budget]), list(comp.logprobs[:budget])
     st.finish = "length" if len(comp.token_ids) > budget else comp.finish_reason
@@ -312,6 +312,13 @@ def _model_turn(st: _State, inp, comp: Completion, fmt: TurnFormat, tokenizer, l
     if not fmt.append_only:
         st.parts.append(Episode(token_ids=ids, logprobs=logp, finish_reason=st.finish, text=text, token_mask=[1] * len(ids),
                                 policy_version=comp.policy_version, prompt_ids=list(inp), turn_ends=[len(ids) - 1], turns=1))
+    return text
+
+
+def _model_turn(st: _State, inp, comp: Completion, fmt: TurnFormat, tokenizer, limits: EpisodeLimits,
+                params: SamplingParams, last: bool) -> None:
+    """Record one sampled turn, step the environment, append its reply (or end the episode)."""
+    text = _record_turn(st, inp, comp, fmt, tokenizer, limits, params)
     try:
         step = st.session.step(text)
         st.turn_rewards[-1] = step.reward

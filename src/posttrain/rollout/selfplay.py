@@ -52,25 +52,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from posttrain.envs.base import EnvFailure, call_with_timeout, is_two_player
+from posttrain.envs.base import BrokenSession, EnvFailure, EnvSession, call_with_timeout, is_two_player
 from posttrain.rollout.base import Completion, RolloutEngine, SamplingParams
 from posttrain.rollout.multiturn import (
-    Episode, EpisodeLimits, TurnFormat, _budget, _env_delta, _finish, _ids, _initial_messages, _split_prompt, _State,
+    Episode, EpisodeLimits, TurnFormat, _budget, _env_delta, _finish, _ids, _initial_messages, _record_turn, _split_prompt,
+    _State,
     turn_format,
 )
 
 
-class TwoPlayerSession:
+class TwoPlayerSession(EnvSession):
     """One game of one two-player environment behind checked, time-bounded calls: ``open(row) ->
     (system or None, [obs, obs])``, ``to_move() -> seat``, ``step(text) -> (obs, rewards, done, info)``,
-    ``legal()`` and ``close()``. Garbage or a raise is `EnvFailure`."""
-
-    def __init__(self, env, timeout_s: float = 10.0):
-        self.env, self.timeout_s = env, timeout_s
-        self.counts: Counter = Counter()
-
-    def _call(self, fn, *args, what: str, **kwargs):
-        return call_with_timeout(fn, *args, timeout_s=self.timeout_s, what=what, **kwargs)
+    ``legal()`` and ``close()`` (`EnvSession`'s). Garbage or a raise is `EnvFailure`."""
 
     @staticmethod
     def _pair(x, what: str, kind: type) -> list:
@@ -114,27 +108,10 @@ class TwoPlayerSession:
             raise EnvFailure("env_garbage", f"legal_actions returned {moves!r}, expected a non-empty list of str")
         return list(moves)
 
-    def close(self) -> None:
-        fn = getattr(self.env, "close", None)
-        if callable(fn):
-            try:
-                self._call(fn, what="close")
-            except EnvFailure:
-                self.counts["close_errors"] += 1
 
 
-class _BrokenGame(TwoPlayerSession):
+class _BrokenGame(BrokenSession, TwoPlayerSession):
     """The session of a game whose constructor failed: it fails at ``open``."""
-
-    def __init__(self, failure: EnvFailure):
-        super().__init__(None)
-        self.failure = failure
-
-    def open(self, row):
-        raise self.failure
-
-    def close(self) -> None:
-        pass
 
 
 def make_game(factory: Callable, timeout_s: float = 10.0) -> TwoPlayerSession:
@@ -323,20 +300,7 @@ def _begin_turn(g: _Live, fmt: TurnFormat, tokenizer, limits: EpisodeLimits) -> 
 def _model_turn(g: _Live, inp: list[int], comp: Completion, fmt: TurnFormat, tokenizer, limits: EpisodeLimits,
                 params: SamplingParams) -> None:
     """Record the to-move seat's sampled turn (cut to its budget) and play it."""
-    st = g.seats[g.to_move]
-    budget = _budget(st, limits, params)
-    ids, logp = list(comp.token_ids[:budget]), list(comp.logprobs[:budget])
-    st.finish = "length" if len(comp.token_ids) > budget else comp.finish_reason
-    st.version = comp.policy_version
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    st.messages.append({"role": "assistant", "content": text})
-    st.append(ids, 1, logp)
-    st.turn_ends.append(len(st.ids) - 1)
-    st.turn_rewards.append(0.0)
-    if not fmt.append_only:
-        st.parts.append(Episode(token_ids=ids, logprobs=logp, finish_reason=st.finish, text=text, token_mask=[1] * len(ids),
-                                policy_version=comp.policy_version, prompt_ids=list(inp), turn_ends=[len(ids) - 1], turns=1))
-    _step(g, text)
+    _step(g, _record_turn(g.seats[g.to_move], inp, comp, fmt, tokenizer, limits, params))
 
 
 def run_games(engine: RolloutEngine, tokenizer, sessions: Sequence[TwoPlayerSession], rows: Sequence[dict],
