@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct post-trained offline on GSM8K: SFT, then GRPO with the math reward, each
 stage scored greedy on the same GSM8K test problems, with 95% Wilson intervals.
 
-    python benchmarks/smollm2_gsm8k_pipeline.py --out runs/smol_pipeline          # the recorded run
+    python benchmarks/smollm2_gsm8k_pipeline.py --out runs/smol_pipeline          # the recorded run (BENCHMARKS.md)
     python benchmarks/smollm2_gsm8k_pipeline.py --out /tmp/smoke --test-limit 8 --sft-rows 16 \
         --sft-steps 2 --rl-steps 1 --rl-prompts 2 --rl-samples 2 --max-new-tokens 32       # a smoke run
 
@@ -103,15 +103,15 @@ def main() -> None:
     ap.add_argument("--out", default="runs/smol_pipeline")
     ap.add_argument("--test-limit", type=int, default=500, help="first N GSM8K test problems, scored greedy")
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--sft-rows", type=int, default=640)
-    ap.add_argument("--sft-steps", type=int, default=80)
+    ap.add_argument("--sft-rows", type=int, default=320)
+    ap.add_argument("--sft-steps", type=int, default=40)
     ap.add_argument("--sft-batch", type=int, default=8)
     ap.add_argument("--sft-micro", type=int, default=4)
-    ap.add_argument("--sft-lr", type=float, default=2e-5)
-    ap.add_argument("--rl-rows", type=int, default=400)
-    ap.add_argument("--rl-steps", type=int, default=15)
+    ap.add_argument("--sft-lr", type=float, default=3e-5)
+    ap.add_argument("--rl-rows", type=int, default=200)
+    ap.add_argument("--rl-steps", type=int, default=4)
     ap.add_argument("--rl-prompts", type=int, default=4)
-    ap.add_argument("--rl-samples", type=int, default=8)
+    ap.add_argument("--rl-samples", type=int, default=4)
     ap.add_argument("--rl-lr", type=float, default=3e-6)
     ap.add_argument("--problems-per-batch", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
