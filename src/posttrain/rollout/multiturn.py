@@ -222,22 +222,29 @@ def _fail(st: _State, e: EnvFailure) -> None:
     st.messages.append({"role": "env-error", "content": str(e)})
 
 
-def _env_delta(st: _State, fmt: TurnFormat, text: str, tokenizer, limit: int) -> list[int]:
-    """close (what the template adds after the model's turn and the model did not sample) + open +
-    the env text (cut at `limit` tokens, counted) + then."""
+def _env_turn(st: _State, fmt: TurnFormat, text: str, tokenizer, limits: EpisodeLimits) -> bool:
+    """Append the env message `text` (cut at ``max_tool_output_tokens``, counted; the message recorded is
+    the cut text the model sees) to the episode: as template deltas with mask 0 -- close (what the
+    template adds after the model's turn and the model did not sample) + open + text + then -- or, for
+    a template that is not append-only, as a message of the next split sample. False when no room is
+    left for a model token (the caller ends the episode at the token limit)."""
     body = _ids(tokenizer, text, split_special=True)
-    if len(body) > limit:
-        body = body[:limit]
+    if len(body) > limits.max_tool_output_tokens:
+        body = body[: limits.max_tool_output_tokens]
+        text = tokenizer.decode(body)
         st.counts["truncated_outputs"] += 1
+    st.messages.append({"role": limits.env_role, "content": text})
+    if not fmt.append_only:
+        st.counts["split_samples"] += 1
+        st.split_env_tokens += len(body)
+        return st.used < limits.max_episode_tokens
     close = list(fmt.close)
     k = next((k for k in range(len(close), 0, -1) if st.ids[-k:] == close[:k]), 0)
-    return close[k:] + list(fmt.open) + body + list(fmt.then)
-
-
-def _seen_text(tokenizer, text: str, limit: int) -> str:
-    """The env text as the model sees it: cut at `limit` tokens (the message a transcript records)."""
-    body = _ids(tokenizer, text, split_special=True)
-    return text if len(body) <= limit else tokenizer.decode(body[:limit])
+    delta = close[k:] + list(fmt.open) + body + list(fmt.then)
+    if st.used + len(delta) >= limits.max_episode_tokens:
+        return False
+    st.append(delta, 0)
+    return True
 
 
 def _finish(st: _State, tokenizer, limits: EpisodeLimits) -> Episode:
@@ -332,21 +339,5 @@ def _model_turn(st: _State, inp, comp: Completion, fmt: TurnFormat, tokenizer, l
     if last or st.used >= limits.max_episode_tokens:
         st.status = "turn_limit" if last else "token_limit"
         return
-    obs = step.observation or ""
-    if not fmt.append_only:
-        body = _ids(tokenizer, obs, split_special=True)
-        if len(body) > limits.max_tool_output_tokens:
-            st.counts["truncated_outputs"] += 1
-            obs = tokenizer.decode(body[: limits.max_tool_output_tokens])
-        st.messages.append({"role": limits.env_role, "content": obs})
-        st.counts["split_samples"] += 1
-        st.split_env_tokens += min(len(body), limits.max_tool_output_tokens)
-        if st.used >= limits.max_episode_tokens:
-            st.status = "token_limit"
-        return
-    st.messages.append({"role": limits.env_role, "content": _seen_text(tokenizer, obs, limits.max_tool_output_tokens)})
-    delta = _env_delta(st, fmt, obs, tokenizer, limits.max_tool_output_tokens)
-    if st.used + len(delta) >= limits.max_episode_tokens:  # no room left for a model token
+    if not _env_turn(st, fmt, step.observation or "", tokenizer, limits):
         st.status = "token_limit"
-        return
-    st.append(delta, 0)

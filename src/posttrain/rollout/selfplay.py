@@ -55,7 +55,7 @@ from typing import Callable, Mapping, Sequence
 from posttrain.envs.base import BrokenSession, EnvFailure, EnvSession, call_with_timeout, is_two_player
 from posttrain.rollout.base import Completion, RolloutEngine, SamplingParams
 from posttrain.rollout.multiturn import (
-    Episode, EpisodeLimits, TurnFormat, _budget, _env_delta, _finish, _ids, _initial_messages, _record_turn, _split_prompt,
+    Episode, EpisodeLimits, TurnFormat, _budget, _env_turn, _finish, _initial_messages, _record_turn, _split_prompt,
     _State,
     turn_format,
 )
@@ -274,26 +274,11 @@ def _begin_turn(g: _Live, fmt: TurnFormat, tokenizer, limits: EpisodeLimits) -> 
         st.messages = _initial_messages(g.system, first, g.row)
         st.prompt_ids = encode_prompt(tokenizer, st.messages)
         return list(st.prompt_ids)
-    if not fmt.append_only:
-        body = _ids(tokenizer, text, split_special=True)
-        if len(body) > limits.max_tool_output_tokens:
-            st.counts["truncated_outputs"] += 1
-            text = tokenizer.decode(body[: limits.max_tool_output_tokens])
-        st.messages.append({"role": limits.env_role, "content": text})
-        st.counts["split_samples"] += 1
-        st.split_env_tokens += min(len(body), limits.max_tool_output_tokens)
-        if st.used >= limits.max_episode_tokens:
-            g.status = "token_limit"
-            return None
-        return _split_prompt(st, tokenizer)
-    delta = _env_delta(st, fmt, text, tokenizer, limits.max_tool_output_tokens)
-    if st.used + len(delta) >= limits.max_episode_tokens:  # no room left for a model token
+    if not _env_turn(st, fmt, text, tokenizer, limits):
         g.status = "token_limit"
         return None
-    body = _ids(tokenizer, text, split_special=True)  # the message as the seat saw it (cut as its tokens were)
-    seen = text if len(body) <= limits.max_tool_output_tokens else tokenizer.decode(body[: limits.max_tool_output_tokens])
-    st.messages.append({"role": limits.env_role, "content": seen})
-    st.append(delta, 0)
+    if not fmt.append_only:
+        return _split_prompt(st, tokenizer)
     return st.prompt_ids + st.ids
 
 
