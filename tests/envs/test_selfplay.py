@@ -196,6 +196,25 @@ def test_turn_and_token_limits_end_the_game_for_both_seats(tiny):
     assert {e.status for e in g.episodes} == {"token_limit"}
 
 
+def test_a_seat_that_reaches_a_limit_on_its_move_forfeits_tictactoe(tiny):
+    """Tic-Tac-Toe has ``forfeit``: running out of tokens or turns loses, it is no longer a 0-0 draw."""
+    _, tok = tiny
+    eng = SeatScript(tok, lowest_free)
+    for first in (0, 1):
+        seed = seed_where(first)
+        # the opener's second turn needs an env message (the reply and the board) that does not fit
+        g = run_games(eng, tok, [make_game(TicTacToe)], [{"seed": seed}], SamplingParams(max_new_tokens=4),
+                      EpisodeLimits(max_turns=5, max_episode_tokens=30))[0]
+        assert g.status == "token_limit" and g.moves == 2
+        assert g.rewards[first] == -1.0 and g.rewards[1 - first] == 1.0 and g.winner == 1 - first
+        assert g.episodes[first].turn_rewards == [-1.0]  # on the forfeiting seat's last turn
+        # turn limit: one move each, then the opener is to move again
+        g = run_games(eng, tok, [make_game(TicTacToe)], [{"seed": seed}], SamplingParams(max_new_tokens=4),
+                      EpisodeLimits(max_turns=1, max_episode_tokens=2000))[0]
+        assert g.status == "turn_limit" and g.moves == 2 and g.rewards[first] == -1.0 and g.winner == 1 - first
+        assert "forfeits" in g.messages[-1]["content"]
+
+
 def test_a_template_that_rewrites_history_gives_a_sample_per_turn_with_the_seat_reward():
     import copy
 

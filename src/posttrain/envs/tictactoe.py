@@ -25,8 +25,9 @@ episode (``invalid_actions``, the name `posttrain.envs.gym` counts too). Rewards
 
 ``legal_actions()`` lists the empty cells, for the scripted random opponent of ``posttrain eval``.
 
-Limits: a seat makes at most 5 moves, so ``max_turns`` 5 lets every game finish (with 4, a game that
-reaches X's fifth move ends as ``turn_limit``, 0 each); an env message (a move and the board) is about
+Limits: a seat makes at most 5 moves, so ``max_turns`` 5 lets every game finish. A seat that reaches
+a turn or token limit when it is to move forfeits (``forfeit``: -1 to it, +1 to the other, as an
+illegal move), so with ``max_turns`` 4 the opener loses a game that reaches its fifth move; an env message (a move and the board) is about
 40 tokens with a BPE tokenizer and 90 with a character one, against ``max_tool_output_tokens``.
 """
 from __future__ import annotations
@@ -90,6 +91,13 @@ class TicTacToe:
         obs = [f"You are {mark}. {opener} moves first." + (f"\n\n{board}\n\nYour move." if seat == self.first else "")
                for seat, mark in enumerate(self.players)]
         return obs, {"first": self.first}
+
+    def forfeit(self, seat: int) -> list[float]:
+        """`seat` reached a turn or token limit on its move: it loses, as with an illegal move."""
+        self.over = True
+        rewards = [0.0, 0.0]
+        rewards[seat], rewards[1 - seat] = -1.0, 1.0
+        return rewards
 
     def legal_actions(self) -> list[str]:
         return [str(i + 1) for i in range(9) if self.board[i] == " "]

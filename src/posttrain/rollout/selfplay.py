@@ -32,8 +32,10 @@ are the same engine, so the same policy). A game gives one `Episode` per seat: t
 
 Limits, per seat (`EpisodeLimits`): ``max_turns`` model turns, ``max_episode_tokens`` tokens after
 the seat's prompt, ``max_tool_output_tokens`` per env message. A seat that reaches a limit when it is
-to move ends the game for both (status ``turn_limit`` / ``token_limit``; the rewards paid so far stay:
-in Tic-Tac-Toe 0 each, as a draw). An environment call that raises, returns garbage or runs past
+to move ends the game for both (status ``turn_limit`` / ``token_limit``). An environment with
+``forfeit(seat) -> [reward, reward]`` is asked what that seat's forfeit pays (Tic-Tac-Toe: -1 to it,
++1 to the other, as an illegal move), so a losing seat cannot stall into a draw by running out its
+budget; without one the rewards paid so far stay. An environment call that raises, returns garbage or runs past
 ``timeout_s`` fails the game: both episodes get that status, ``failure_reward`` and a count (so a
 failed game counts twice in the per-episode metrics); the other games go on. A seat that never moved
 (the opener forfeited on its first move) has an episode with no token: its reward is in the game, but
@@ -98,6 +100,14 @@ class TwoPlayerSession(EnvSession):
         obs, rewards, terminated, truncated, info = out
         return (self._pair(obs, "step observations", str), self._pair(rewards, "step rewards", float),
                 bool(terminated) or bool(truncated), info if isinstance(info, dict) else {})
+
+    def forfeit(self, seat: int) -> list[float] | None:
+        """What the env pays when `seat` forfeits (it reached a limit on its move), or None when the env
+        has no ``forfeit``."""
+        fn = getattr(self.env, "forfeit", None)
+        if not callable(fn):
+            return None
+        return self._pair(self._call(fn, seat, what="forfeit"), "forfeit rewards", float)
 
     def legal(self) -> list[str]:
         fn = getattr(self.env, "legal_actions", None)
@@ -240,12 +250,26 @@ def _step(g: _Live, text: str) -> None:
         g.fail(e)
 
 
+def _limit(g: _Live, status: str) -> None:
+    """The to-move seat reached a limit: the game ends; the env's forfeit rewards (if any) are credited."""
+    g.status = status
+    try:
+        rewards = g.session.forfeit(g.to_move)
+    except EnvFailure as e:
+        g.fail(e)
+        return
+    if rewards is not None:
+        for st, r in zip(g.seats, rewards):
+            st.credit(r)
+        g.log.append({"role": "env", "content": f"seat {g.to_move} reached its {status.replace('_', ' ')} and forfeits."})
+
+
 def _play_scripted(g: _Live, limits: EpisodeLimits) -> None:
     """Scripted seats move until a model seat is to move or the game ends."""
     while not g.status and g.to_move in g.scripted:
         st = g.seats[g.to_move]
         if st.scripted_turns >= limits.max_turns:
-            g.status = "turn_limit"
+            _limit(g, "turn_limit")
             return
         try:
             move = g.scripted[g.to_move](g.session)
@@ -265,7 +289,7 @@ def _begin_turn(g: _Live, fmt: TurnFormat, tokenizer, limits: EpisodeLimits) -> 
 
     st = g.seats[g.to_move]
     if len(st.turn_ends) >= limits.max_turns:
-        g.status = "turn_limit"
+        _limit(g, "turn_limit")
         return None
     text, st.pending = "\n\n".join(st.pending), []
     if not st.started:
@@ -275,7 +299,7 @@ def _begin_turn(g: _Live, fmt: TurnFormat, tokenizer, limits: EpisodeLimits) -> 
         st.prompt_ids = encode_prompt(tokenizer, st.messages)
         return list(st.prompt_ids)
     if not _env_turn(st, fmt, text, tokenizer, limits):
-        g.status = "token_limit"
+        _limit(g, "token_limit")
         return None
     if not fmt.append_only:
         return _split_prompt(st, tokenizer)
