@@ -16,26 +16,15 @@ from posttrain.config import ConfigError
 from posttrain.envs import ENVS, env_factory, make_session
 from posttrain.envs.gym import GymEnv, choice_parser
 from posttrain.envs.gym_games import MOVES, BlackjackEnv, FrozenLakeEnv
-from posttrain.rollout import Completion, HFEngine, SamplingParams
+from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.rollout.multiturn import EpisodeLimits, run_episodes
+from turn_script import TurnScript
 
 gym = pytest.importorskip("gymnasium")  # in the `test` extra; `posttrain[agents]` for users
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "tiny-llama:d=32,l=2,h=2"
 START = "Frozen lake. Walk from S to the goal G over the ice F; a hole H ends the game. P is you. Reply with one move: left, down, right or up."
-
-
-class Scripted:
-    """An engine that answers every live episode's turn t with script[t] (+ EOS)."""
-
-    def __init__(self, tok, script):
-        self.tok, self.script, self.turn = tok, script, 0
-
-    def generate(self, prompts, params):
-        ids = self.tok(self.script[self.turn], add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
-        self.turn += 1
-        return [[Completion(list(ids), [-0.5] * len(ids), "stop")] for _ in prompts]
 
 
 def test_posttrain_imports_without_gymnasium_and_the_adapter_names_the_extra(monkeypatch):
@@ -203,7 +192,7 @@ def test_tiny_model_rollouts_mask_the_env_tokens(tiny, spec):
 
 def test_a_scripted_winning_episode_in_frozenlake(tiny):
     _, tok = tiny
-    eng = Scripted(tok, ["down", "Down!", "I say: right", "right", "hmm", "down", "right"])
+    eng = TurnScript(tok, ["down", "Down!", "I say: right", "right", "hmm", "down", "right"])
     (ep,) = run_episodes(eng, tok, [make_session(env_factory("frozenlake"))], [{"seed": 0}], SamplingParams(max_new_tokens=20),
                          EpisodeLimits(max_turns=8, max_episode_tokens=2000, max_tool_output_tokens=200))
     assert ep.status == "done" and ep.turns == 7 and ep.reward == 1.0 and ep.turn_rewards == [0.0] * 6 + [1.0]

@@ -7,8 +7,9 @@ import pytest
 
 from posttrain.envs import env_factory, make_session
 from posttrain.envs.wordle import WORDS, WordleEnv, read_guess, score_guess
-from posttrain.rollout import Completion, HFEngine, SamplingParams
+from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.rollout.multiturn import EpisodeLimits, run_episodes
+from turn_script import TurnScript
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,16 +105,6 @@ def test_seeded_secrets():
     assert len(set(secrets)) > 20
 
 
-class Scripted:
-    def __init__(self, tok, script):
-        self.tok, self.script, self.turn = tok, script, 0
-
-    def generate(self, prompts, params):
-        ids = self.tok(self.script[self.turn], add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
-        self.turn += 1
-        return [[Completion(list(ids), [-0.5] * len(ids), "stop")] for _ in prompts]
-
-
 def _seed_of(word):
     env = WordleEnv()
     return next(s for s in range(10_000) if env.reset(seed=s) and env.secret == word)
@@ -122,7 +113,7 @@ def _seed_of(word):
 def test_a_scripted_episode_env_tokens_are_masked(tiny):
     _, tok = tiny
     seed = _seed_of("steel")
-    (ep,) = run_episodes(Scripted(tok, ["[sleep]", "cat", "steel"]), tok, [make_session(env_factory("wordle"))], [{"seed": seed}],
+    (ep,) = run_episodes(TurnScript(tok, ["[sleep]", "cat", "steel"]), tok, [make_session(env_factory("wordle"))], [{"seed": seed}],
                          SamplingParams(max_new_tokens=12), EpisodeLimits(max_turns=6, max_episode_tokens=1000, max_tool_output_tokens=200))
     assert ep.status == "done" and ep.reward == 1.0 and ep.turn_rewards == [0.0, 0.0, 1.0]
     assert ep.counts["invalid_actions"] == 1
