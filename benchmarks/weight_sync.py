@@ -7,7 +7,9 @@ One pool per transport, the same model, workers and sync count, side by side in 
 - ``object_store``: the full model (HF names) put into Ray's object store once, loaded by every worker;
 - ``shared_memory``: the full model written into one /dev/shm file, copied out by every worker;
 - ``adapter``: the same model with a LoRA adapter (``--lora-rank``, the default ``model.lora_targets``);
-  only its lora_A / lora_B tensors travel, each worker merges them into its copy.
+  only its lora_A / lora_B tensors travel, each worker merges them into its copy;
+- ``collective``: the full model packed into flat per-dtype buckets and broadcast over a gloo group of
+  the driver and the workers (on GPU workers the same code runs NCCL).
 Before each sync the weights change (a small in-place add), so no sync is a no-op. Reported per
 transport: the median and min wall time of `update_weights` in the driver over ``--syncs`` syncs (the
 first sync, which allocates the shared-memory file, is a warm-up and not counted), the median seconds
@@ -84,7 +86,7 @@ def main() -> None:
     ap.add_argument("--cpus-per-worker", type=float, default=1.0)
     ap.add_argument("--syncs", type=int, default=5, help="timed syncs per transport (after one warm-up)")
     ap.add_argument("--lora-rank", type=int, default=16, help="the adapter transport's LoRA rank")
-    ap.add_argument("--transports", nargs="+", default=["object_store", "shared_memory", "adapter"])
+    ap.add_argument("--transports", nargs="+", default=["object_store", "shared_memory", "adapter", "collective"])
     ap.add_argument("--json", default="", help="also write the rows to this file")
     args = ap.parse_args()
 

@@ -262,7 +262,7 @@ class RolloutConfig:
     gpus_per_worker: float = ranged(0.0, ge=0)  # ray: GPUs per worker (its engine then runs on cuda)
     timeout_s: float = ranged(300.0, gt=0)  # ray: a generate or weight update slower than this fails, naming the worker
     max_restarts: int = ranged(0, ge=0)  # ray: dead workers replaced (with the current weights) before the run fails
-    transport: Literal["auto", "object_store", "shared_memory", "adapter"] = "auto"  # ray: weight sync; auto = adapter (LoRA tensors only) for a LoRA policy, else object_store; shared_memory: workers on the trainer's node
+    transport: Literal["auto", "object_store", "shared_memory", "adapter", "collective"] = "auto"  # ray: weight sync; auto = adapter (LoRA tensors only) for a LoRA policy, else object_store; shared_memory: workers on the trainer's node; collective: broadcast over a gloo (CPU) / nccl (GPU) group
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Rollout workers on a local Ray cluster (2 CPUs): the pool speaks the engine protocol, gives the
 in-process engine's rollouts for the same per-prompt seeds, carries weight versions, reports a worker's
 own error and a dead worker's cause, and replaces a dead worker when restarts are allowed. Every
-weight-sync transport (object store, shared memory, LoRA adapter only) leaves the workers with
+weight-sync transport (object store, shared memory, LoRA adapter only, a gloo broadcast) leaves the workers with
 bit-identical weights, the adapter one moves only the adapter's bytes, and per-worker busy time
 (inside generate / inside weight loading) is counted."""
 import json
@@ -125,7 +125,7 @@ def _assert_worker_weights(pool, want: dict):
         assert not bad, f"worker {w}: {bad[:3]} differ"
 
 
-@pytest.mark.parametrize("transport", ["object_store", "shared_memory", "adapter"])
+@pytest.mark.parametrize("transport", ["object_store", "shared_memory", "adapter", "collective"])
 def test_every_transport_gives_bit_identical_weights_and_counts_time_and_bytes(cluster, tiny, transport):
     """After a sync every worker holds exactly the weights the trainer would merge and send (the HF
     checkpoint names, LoRA merged), samples the in-process engine's greedy tokens, and a replacement

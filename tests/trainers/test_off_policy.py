@@ -71,6 +71,16 @@ def test_decoupled_weights_scale_each_tokens_policy_loss(tiny_model):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     assert 0 < float(batch.is_weights[batch.loss_mask].min()) < 1.0 < float(batch.is_weights[batch.loss_mask].max()) <= 1.2 + 1e-6
     assert not math.isnan(float(total))
+    # fused (one optimizer step per rollout): the weights from the loss pass's own detached logprobs,
+    # no old-policy pass: the same gradient and the same weight statistics
+    want = off_policy_weights(batch.old_logp, batch.rollout_logp, batch.loss_mask, cap=1.2, mode="truncate")[1]
+    batch.old_logp, batch.is_weights, batch.fused_is = None, None, (1.2, "truncate")
+    model.zero_grad(set_to_none=True)
+    st = update_policy(model, batch, [0, 1, 2, 3], alg, tok.pad_token_id, 1.0, 2, 4, share_prompts=False)
+    for a, b in zip(got, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for k, v in want.items():
+        assert st[k] == pytest.approx(v, abs=1e-5), k
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,11 @@ Weight-sync transports (``transport``):
   arithmetic, on an untouched base, so the merged weights are bit-identical to the driver's merge
   and do not drift over syncs). A sync moves the adapter's bytes (MBs) instead of the model's.
   Costs: each worker holds the base twice (peft copy and merged copy).
+- ``collective``: a broadcast from the trainer (rank 0) to the workers (ranks 1..N) over a process
+  group of their own (`posttrain.rollout.collective`: ``gloo`` for CPU workers, ``nccl`` for GPU
+  workers), in flat per-dtype buckets, as verl and OpenRLHF sync their engines. The group is built
+  when the pool starts and rebuilt when a worker is replaced; the trainer keeps the packed buckets,
+  so the replacement gets the current version by a rebroadcast.
 - ``auto`` (default): ``adapter`` for such a LoRA policy, else ``object_store``.
 
 vLLM workers (``engine="vllm"``) take every transport; the engine reloads the full (merged) weights
@@ -46,14 +51,14 @@ with `VLLMEngine.update_weights`. On CPU each vLLM actor binds its OpenMP thread
 (``VLLM_CPU_OMP_THREADS_BIND``, default ``auto``): several vLLM workers on one node may bind to the
 same cores unless that variable is set per worker.
 
-Not built: NCCL (or any collective) broadcast from trainer GPUs to GPU workers, as verl and OpenRLHF
-do; there is no GPU here to test it, so there is no such path. CUDA IPC handles (verl's colocated
-``update_weights_from_tensor``) are not built either.
+The ``collective`` transport's ``nccl`` backend has not run: this machine has no GPU (its ``gloo``
+backend, the same code on CPU tensors, is tested). CUDA IPC handles (verl's colocated
+``update_weights_from_tensor``) are not built.
 
 Departures from verl / OpenRLHF:
 - Their rollout workers are colocated with or placed beside the trainer's GPUs and sync by NCCL
-  broadcast or CUDA IPC, bucketed by size; here the transports are host-memory ones (object store,
-  shared memory), unbucketed (one put, one file per sync).
+  broadcast or CUDA IPC, bucketed by size; here the host-memory transports (object store, shared
+  memory) are unbucketed (one put, one file per sync), and only ``collective`` buckets.
 - Adapter sync: verl's LoRA RL (FSDP + vLLM) has vLLM load the base once and hands it the adapter,
   which vLLM's LoRA support applies at generation time; here the worker merges the adapter into
   plain weights, so the engine (HF or vLLM) runs the merged model and its logprobs are the merged
@@ -89,13 +94,18 @@ from typing import Sequence
 from posttrain.config import ConfigError
 from posttrain.rollout.base import Completion, SamplingParams
 
-TRANSPORTS = ("auto", "object_store", "shared_memory", "adapter")
+TRANSPORTS = ("auto", "object_store", "shared_memory", "adapter", "collective")
 ENGINES = ("hf", "vllm")
 _ALIGN = 64  # bytes: every tensor of the shared-memory file starts at a multiple of this
 
 
 class RolloutWorkerError(RuntimeError):
-    """A rollout worker failed, timed out or died; the message names it and the cause."""
+    """A rollout worker failed, timed out or died; the message names it and the cause. ``died``: the
+    worker whose process is gone, when that is the failure."""
+
+    def __init__(self, message: str, died: int | None = None):
+        super().__init__(message)
+        self.died = died
 
 
 def import_ray():
@@ -305,6 +315,20 @@ class _RolloutWorker:
             self.engine.update_weights(list(self.model.state_dict().items()), version)
         return version, time.perf_counter() - t0, _nbytes(adapter.values())
 
+    def join_group(self, host: str, port: int, rank: int, world: int, gen: int, backend: str, timeout_s: float):
+        """Join generation `gen` of the weight-sync group (`posttrain.rollout.collective`)."""
+        from posttrain.rollout.collective import Receiver
+
+        self._group = None  # leave an older generation first
+        self._group = Receiver(host, port, rank, world, gen, backend, timeout_s, "cuda" if backend == "nccl" else "cpu")
+        return rank
+
+    def update_weights_collective(self, layout: list, version: int):
+        t0 = time.perf_counter()
+        tensors = self._group.receive(layout)
+        self.engine.update_weights(tensors, version)
+        return version, time.perf_counter() - t0, _nbytes(t for _, t in tensors)
+
     # -- test hooks -------------------------------------------------------------------------
     def weights(self) -> dict:
         """The engine's model weights (HF engine), for tests."""
@@ -347,6 +371,7 @@ class RayRolloutPool:
         self.timeout_s, self.restarts_left, self.restarts = timeout_s, max_restarts, 0
         self.version, self._replay = 0, None  # the last sync (method, args), replayed on a replacement
         self._shared: SharedWeights | None = None
+        self._coll = None  # collective: the trainer's side of the weight-sync group
         self.last_sync_bytes, self._t0 = 0, time.monotonic()
         self.actors = [self._actor_cls.remote(*self._init_args) for _ in range(workers)]
         self._stats = {"generate_s": [0.0] * workers, "sync_s": [0.0] * workers, "sync_bytes": [0] * workers}
@@ -360,6 +385,14 @@ class RayRolloutPool:
                 self.shutdown()
                 raise ConfigError(f"rollout.transport shared_memory: worker(s) {', '.join(map(str, away))} run on another "
                                   "node than the trainer; use rollout.transport object_store")
+        if self.transport == "collective":
+            import torch
+
+            from posttrain.rollout.collective import Sender
+
+            nccl = gpus_per_worker > 0 and torch.cuda.is_available()
+            self._coll = Sender(workers + 1, "nccl" if nccl else "gloo", timeout_s, "cuda" if nccl else "cpu")
+            self._join_group()
 
     @property
     def workers(self) -> int:
@@ -390,7 +423,8 @@ class RayRolloutPool:
             state = adapter_tensors(source)
             self._replay = ("update_adapter", (self.ray.put(state), self.version))
         else:
-            state = {k: v.detach().to("cpu") for k, v in named_weights}
+            keep = self.transport == "collective"  # packed on the group's device
+            state = {k: v.detach() if keep else v.detach().to("cpu") for k, v in named_weights}
             if self.transport == "shared_memory":
                 if self._shared is None or not self._shared.fits(state):
                     if self._shared is not None:
@@ -399,6 +433,12 @@ class RayRolloutPool:
                 self._shared.write(state)
                 s = self._shared
                 self._replay = ("update_weights_shared", (s.path, s.size, s.layout, self.version))
+            elif self.transport == "collective":
+                self._coll.pack(state)
+                self._replay = ("collective", ())
+                self.last_sync_bytes = self._coll.nbytes
+                self._broadcast()
+                return
             else:
                 self._replay = ("update_weights", (self.ray.put(state), self.version))
         self.last_sync_bytes = _nbytes(state.values())
@@ -424,6 +464,69 @@ class RayRolloutPool:
         if self._shared is not None:
             self._shared.close()
             self._shared = None
+        self._coll = None
+
+    # -- the collective transport ------------------------------------------------------------
+    def _join_group(self) -> None:
+        """Every worker and the trainer join a new generation of the weight-sync group."""
+        c = self._coll
+        gen = c.next_generation()
+        calls = {w: a.join_group.remote(c.host, c.port, w + 1, c.world, gen, c.backend, c.timeout_s)
+                 for w, a in enumerate(self.actors)}
+        try:
+            c.connect(self.timeout_s)
+        except Exception as e:  # a worker that cannot join: its own error names the cause
+            self._get_shares(calls, None, "join the weight-sync group")
+            raise RolloutWorkerError(f"weight-sync group: the trainer could not connect: {type(e).__name__}: {e}") from None
+        self._get_shares(calls, None, "join the weight-sync group")
+
+    def _broadcast(self, retried: bool = False) -> None:
+        """Broadcast the packed weights to every worker, waiting at most ``timeout_s``. A worker that
+        dies on the way is replaced (while ``max_restarts`` last): the group is rebuilt and the
+        broadcast sent again, once. A failed broadcast closes the group (so no worker waits on it)
+        and the next sync rebuilds it; a worker's own error after receiving leaves it as it is."""
+        if self._coll.group is None:
+            self._join_group()
+        calls = {w: self.actors[w].update_weights_collective.remote(self._coll.layout, self.version)
+                 for w in range(self.workers)}
+        sent_error = None
+        try:
+            self._coll.broadcast(self.timeout_s)
+        except Exception as e:  # a peer gone or late: the workers' own results say which
+            sent_error = e
+            self._coll.abandon()
+        try:
+            self._get_shares(calls, None, "update_weights", stat="sync_s")
+            if sent_error is None:
+                return
+            failure = RolloutWorkerError(f"weight broadcast failed: {type(sent_error).__name__}: {sent_error}")
+        except RolloutWorkerError as e:
+            failure = e
+        if failure.died is not None:
+            self._coll.abandon()
+        dead = self._dead_workers() if sent_error is not None or failure.died is not None else {}
+        if retried or not dead or self.restarts_left < len(dead):
+            if dead:
+                w, cause = next(iter(dead.items()))
+                raise RolloutWorkerError(f"rollout worker {w} of {self.workers} died during update_weights: {cause}"
+                                         + self._restart_note(), died=w) from None
+            raise failure
+        for w, cause in dead.items():
+            self._replace(w, cause, rejoin=False)
+        self._join_group()
+        self._broadcast(retried=True)
+
+    def _dead_workers(self) -> dict[int, str]:
+        """Worker -> why it died, for the workers whose process is gone."""
+        dead = {}
+        for w, a in enumerate(self.actors):
+            try:
+                self.ray.get(a.ready.remote(), timeout=min(10.0, self.timeout_s))
+            except self.ray.exceptions.RayActorError as e:
+                dead[w] = _death_cause(e)
+            except Exception:  # alive but busy past the ping: not replaced
+                pass
+        return dead
 
     # -- calls, failures and replacements -----------------------------------------------------
     def _sync_call(self, w: int):
@@ -463,21 +566,24 @@ class RayRolloutPool:
                 results[w] = self._record(w, ray.get(ready[0]), stat)
             except ray.exceptions.RayActorError as e:  # the process is gone
                 cause = _death_cause(e)
-                if self.restarts_left > 0 and w not in retried:
+                if retry is not None and self.restarts_left > 0 and w not in retried:
                     self._replace(w, cause)
                     retried.add(w)
                     pending[w] = retry(w)
                     deadline = max(deadline, time.monotonic() + self.timeout_s)
                     continue
                 raise RolloutWorkerError(f"rollout worker {w} of {self.workers} died during {what}: {cause}"
-                                         + ("" if self.restarts_left else " (rollout.max_restarts is used up)" if self.restarts else
-                                            " (rollout.max_restarts 0: not restarted)")) from None
+                                         + self._restart_note(), died=w) from None
             except ray.exceptions.RayTaskError as e:  # the worker raised: its own exception
                 inner = e.cause if getattr(e, "cause", None) is not None else e
                 raise RolloutWorkerError(f"rollout worker {w} of {self.workers}: {type(inner).__name__}: {inner}") from None
         return results
 
-    def _replace(self, w: int, cause: str) -> None:
+    def _restart_note(self) -> str:
+        return ("" if self.restarts_left else " (rollout.max_restarts is used up)" if self.restarts else
+                " (rollout.max_restarts 0: not restarted)")
+
+    def _replace(self, w: int, cause: str, rejoin: bool = True) -> None:
         from posttrain.logging import warn
 
         self.restarts_left -= 1
@@ -490,7 +596,12 @@ class RayRolloutPool:
         self.actors[w] = self._actor_cls.remote(*self._init_args)
         try:
             self.pids[w] = self.ray.get(self.actors[w].ready.remote(), timeout=self.timeout_s)[0]
-            if self._replay is not None:  # bring it to the current version
+            if self._coll is not None:  # collective: a new group with it, then the last weights again
+                if rejoin:
+                    self._join_group()
+                    if self._replay is not None:
+                        self._broadcast(retried=True)
+            elif self._replay is not None:  # bring it to the current version
                 self._record(w, self.ray.get(self._sync_call(w), timeout=self.timeout_s), "sync_s")
         except Exception as e:
             raise RolloutWorkerError(f"rollout worker {w} of {self.workers}: its replacement failed to start: "

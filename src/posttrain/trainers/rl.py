@@ -56,7 +56,9 @@ K steps generating on them while this step updates, so a batch is at most K poli
 version each completion carries is logged as ``offpolicy/staleness``). The loss knows the behaviour
 policy through ``rl.correction``: ``bypass`` (the sampler's logprobs are the old policy) or
 ``decoupled`` (Hilton et al. 2022; AReaL, Fu et al. 2025: the old policy recomputed, each token's loss
-weighted by min(pi_old / pi_behaviour, ``is_cap``), or masked beyond it), the default when K > 0. As in
+weighted by min(pi_old / pi_behaviour, ``is_cap``), or masked beyond it), the default when K > 0; with
+one optimizer step per rollout pi_old is the policy the loss pass runs, so its detached logprobs give
+the weights and no separate old-policy pass runs (verl and AReaL recompute it). As in
 verl's rollout correction, the truncation bounds the variance that stale samples add; unlike AReaL,
 staleness is bounded by submission (at most K steps ahead), not by discarding finished samples. A
 checkpoint waits for the rollouts generated ahead and keeps them (token ids, logprobs, versions), so
@@ -537,12 +539,16 @@ class RLTrainer:
         """No-grad passes: old-policy logprobs (when needed), reference logprobs, critic values."""
         c, alg = self.cfg.rl, self.alg
         size, temp, share = c.sequences_per_microbatch, c.temperature, self._share_prompts
+        # one optimizer step per rollout: the policy before the update is the one the loss pass runs, so
+        # its detached logprobs are the old policy's (decoupled PPO included: no extra forward pass)
         fused = (c.minibatches_per_rollout * c.epochs_per_rollout == 1 and alg.kl_placement != "reward" and self.kind.fuses_old_logp
-                 and self.correction == "none")
+                 and self.correction in ("none", "decoupled"))
         if self.correction == "bypass":  # the sampler's logprobs are the old policy: the ratio is pi / pi_behaviour
             if alg.kl_placement == "reward":
                 raise ConfigError("rl.correction bypass with KL in the reward: the reward's KL needs the trainer's old logprobs; use decoupled")
             batch.old_logp = batch.rollout_logp * batch.sampled_mask
+        elif fused and self.correction == "decoupled":
+            batch.fused_is = (c.is_cap, c.is_mode)
         elif not fused:
             batch.old_logp = self.worker.logprobs(lambda model: batched_no_grad(
                 lambda p, x, k: policy_forward(model, p, x, k, self.pad_id, temp, "none", share)[0], batch, size))

@@ -69,6 +69,7 @@ class RolloutBatch:
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None  # (N, T) decoupled PPO: pi_old / pi_behaviour per token (truncated), or None
+    fused_is: tuple[float, str] | None = None  # decoupled PPO, fused: (is_cap, is_mode); the weights come from the loss pass
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:

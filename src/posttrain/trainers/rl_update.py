@@ -94,6 +94,10 @@ def update_policy(model, batch: RolloutBatch, idx: list[int], alg: Algorithm, pa
                                  clip_high=alg.clip_high, dual_clip=alg.dual_clip)
             if batch.is_weights is not None:  # decoupled PPO: the behaviour policy's importance weight
                 pl = pl * batch.is_weights[mb]
+            elif batch.fused_is is not None:  # decoupled, fused: pi_old is this pass's own (detached) logprobs
+                wts, ist = off_policy_weights(old, batch.rollout_logp[mb], m, *batch.fused_is)
+                pl = pl * wts
+                st.update(ist)
             loss = aggregate(pl, m, alg.reducer, **red)
             if batch.ref_logp is not None:
                 kl, kst = kl_penalty_loss(logp, batch.ref_logp[mb], m, alg.kl_estimator)
