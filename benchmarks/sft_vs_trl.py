@@ -96,7 +96,6 @@ def rss_now_mb() -> float:
 
 # -------------------------------------------------------------------------------------- workers
 def run_posttrain(args) -> dict:
-    import torch
 
     from posttrain.models import load_model_and_tokenizer
     from posttrain.trainers.common import DataConfig, ModelConfig, OptimConfig, TrainConfig

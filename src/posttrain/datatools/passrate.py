@@ -27,7 +27,6 @@ model), as the training stages send it.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
