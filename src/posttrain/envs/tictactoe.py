@@ -27,8 +27,9 @@ episode (``invalid_actions``, the name `posttrain.envs.gym` counts too). Rewards
 
 Limits: a seat makes at most 5 moves, so ``max_turns`` 5 lets every game finish. A seat that reaches
 a turn or token limit when it is to move forfeits (``forfeit``: -1 to it, +1 to the other, as an
-illegal move), so with ``max_turns`` 4 the opener loses a game that reaches its fifth move; an env message (a move and the board) is about
-40 tokens with a BPE tokenizer and 90 with a character one, against ``max_tool_output_tokens``.
+illegal move), so with ``max_turns`` 4 the opener loses a game that reaches its fifth move. An env
+message (a move and the board) is about 40 tokens with a BPE tokenizer and 90 with a character one,
+against ``max_tool_output_tokens``.
 """
 from __future__ import annotations
 

@@ -434,8 +434,7 @@ class RayRolloutPool:
                 s = self._shared
                 self._replay = ("update_weights_shared", (s.path, s.size, s.layout, self.version))
             elif self.transport == "collective":
-                self._coll.pack(state)
-                self._replay = ("collective", ())
+                self._coll.pack(state)  # kept: a replacement gets them by a rebroadcast, not a replay
                 self.last_sync_bytes = self._coll.nbytes
                 self._broadcast()
                 return
@@ -599,7 +598,7 @@ class RayRolloutPool:
             if self._coll is not None:  # collective: a new group with it, then the last weights again
                 if rejoin:
                     self._join_group()
-                    if self._replay is not None:
+                    if self._coll.layout:  # weights were synced: send them again
                         self._broadcast(retried=True)
             elif self._replay is not None:  # bring it to the current version
                 self._record(w, self.ray.get(self._sync_call(w), timeout=self.timeout_s), "sync_s")

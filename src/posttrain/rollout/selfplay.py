@@ -35,8 +35,8 @@ the seat's prompt, ``max_tool_output_tokens`` per env message. A seat that reach
 to move ends the game for both (status ``turn_limit`` / ``token_limit``). An environment with
 ``forfeit(seat) -> [reward, reward]`` is asked what that seat's forfeit pays (Tic-Tac-Toe: -1 to it,
 +1 to the other, as an illegal move), so a losing seat cannot stall into a draw by running out its
-budget; without one the rewards paid so far stay. An environment call that raises, returns garbage or runs past
-``timeout_s`` fails the game: both episodes get that status, ``failure_reward`` and a count (so a
+budget; without one the rewards paid so far stay. An environment call that raises, returns garbage
+or runs past ``timeout_s`` fails the game: both episodes get that status, ``failure_reward`` and a count (so a
 failed game counts twice in the per-episode metrics); the other games go on. A seat that never moved
 (the opener forfeited on its first move) has an episode with no token: its reward is in the game, but
 there is nothing to train. Templates that are not append-only start a new sample per turn, as in
@@ -117,7 +117,6 @@ class TwoPlayerSession(EnvSession):
         if not (isinstance(moves, (list, tuple)) and moves and all(isinstance(m, str) for m in moves)):
             raise EnvFailure("env_garbage", f"legal_actions returned {moves!r}, expected a non-empty list of str")
         return list(moves)
-
 
 
 class _BrokenGame(BrokenSession, TwoPlayerSession):
