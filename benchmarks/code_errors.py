@@ -4,41 +4,26 @@ mean pass rate and pass@n of n samples at T = 1.
 
     python benchmarks/code_errors.py OUT/sft        # a run folder or snapshot of `benchmarks/code_grpo.py`
 
-An answer is judged by interpreting the expression it returns as a tree of integers, x, and + - *
-(`linear_value`; nothing the model wrote is executed, and anything else is "unreadable"). Its "right"
-count agrees with the sandboxed greedy pass rate of `code_grpo.py` on the same functions.
+An answer is judged by the value of the expression it returns at a few x, each x written in as a
+number and the result read by the calculator tool's tree walker (`posttrain.envs.calculator.safe_arithmetic`:
+numbers and arithmetic operators only, so nothing the model wrote is executed; anything else is
+"unreadable"). The benchmark's figures run programs in the sandbox instead.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import collections
-import operator
 import re
 
 import torch
 
 from posttrain.data import encode_prompt
+from posttrain.envs.calculator import safe_arithmetic
 from posttrain.models import load_model_and_tokenizer
 from posttrain.rollout import HFEngine, SamplingParams
 from posttrain.tasks import load_task_spec
 
 PROBE = (0, 1, 2, 5, 17)
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
-
-
-def linear_value(node: ast.AST, x: int) -> int:
-    """The value at x of an expression tree over integer literals, x, unary minus and + - *;
-    ValueError for any other node (so no power, call or attribute is ever evaluated)."""
-    if isinstance(node, ast.Constant) and type(node.value) is int and abs(node.value) < 10**6:
-        return node.value
-    if isinstance(node, ast.Name) and node.id == "x":
-        return x
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -linear_value(node.operand, x)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        return _OPS[type(node.op)](linear_value(node.left, x), linear_value(node.right, x))
-    raise ValueError(f"not a + - * expression of x: {ast.dump(node)}")
 
 
 def verdict(prompt: str, text: str) -> str:
@@ -46,9 +31,8 @@ def verdict(prompt: str, text: str) -> str:
     shown = [int(v) for v in re.findall(r"=(-?\d+)", prompt)]
     m = re.fullmatch(r"def f\(x\): return (.+)", text.strip())
     try:
-        tree = ast.parse(m.group(1), mode="eval").body if m else None
-        got = [linear_value(tree, x) for x in PROBE] if tree is not None else None
-    except (SyntaxError, ValueError):
+        got = [safe_arithmetic(m.group(1).replace("x", f"({x})")) for x in PROBE] if m else None
+    except (ValueError, ZeroDivisionError):
         got = None
     if got is None:
         return "unreadable"
@@ -57,7 +41,7 @@ def verdict(prompt: str, text: str) -> str:
     if got == ref:
         return "ok"
     if got[0] == ref[0]:
-        return f"slope {got[1] - got[0] - a:+d}"
+        return f"slope {got[1] - got[0] - a:+g}"
     return "intercept" if got[1] - got[0] == a else "both"
 
 
