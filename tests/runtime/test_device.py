@@ -117,3 +117,25 @@ def test_cli_refuses_parallel_for_a_one_process_stage_and_lists_runtime_in_help(
             assert key in out, (stage, key)
     assert main(["sft", "--runtime.parallel", "fdsp2"]) == 2
     assert "did you mean 'fsdp2'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rc", [0, 1])
+def test_cli_leaves_the_process_group_before_exit(tmp_path, monkeypatch, rc):
+    """Under torchrun the CLI ends a run by leaving the gloo group (a rank that exited with it alive
+    sometimes aborted in teardown): a clean run waits at a barrier first, a failed one does not."""
+    import torch.distributed as dist
+
+    from posttrain import cli
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    barriers = []
+    real_barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (barriers.append(1), real_barrier(*a, **k)))
+    monkeypatch.setitem(cli.STAGES, "fake", ("a stage that only returns", lambda args: rc))
+    try:
+        assert cli.main(["fake"]) == rc
+        assert not dist.is_initialized()
+        assert barriers == ([1] if rc == 0 else [])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
