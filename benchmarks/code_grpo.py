@@ -25,10 +25,11 @@ min(8, cpus) sandbox slots): the sandbox (a fresh namespaced process per program
 The SFT phase stops as soon as the held-out pass rate reaches --sft-target (it is not timed against
 the budget); the GRPO phase runs for --minutes of wall-clock time (rollouts, sandbox and updates;
 the periodic evaluations are not counted), evaluating every --eval-every steps. Its defaults: 32
-prompts x 8 samples, Adam at a peak lr of 2e-4 on a cosine schedule to 2e-5 over 350 steps (which
-2 torch threads fit in the 10 minutes on a quiet machine), no KL term. A constant 1e-4 reaches the
-same plateau (held-out 0.40-0.45) but ends wherever its last noisy step leaves it; the decay holds
-the end of the run on the plateau (BENCHMARKS.md, "Code GRPO").
+prompts x 8 samples, Adam at a peak lr of 2e-4 on a cosine schedule to 2e-5 over 420 steps (which
+2 torch threads fit in the 10 minutes on a quiet machine: 463-554 s), no KL term. A constant 1e-4
+stalls at held-out 0.40-0.45 and ends wherever its last noisy step leaves it; the decay holds the
+end of the run, and over 420 steps rather than 350 it keeps the lr high for longer, which is when
+the runs climbed past 0.45 (BENCHMARKS.md, "Code GRPO").
 """
 from __future__ import annotations
 
@@ -158,7 +159,7 @@ def main() -> None:
     p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine",
                    help="GRPO lr schedule; cosine decays to --min-lr-ratio x lr over --grpo-steps")
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
-    p.add_argument("--grpo-steps", type=int, default=350, help="stop GRPO after this many steps (or --minutes, "
+    p.add_argument("--grpo-steps", type=int, default=420, help="stop GRPO after this many steps (or --minutes, "
                    "whichever comes first); the cosine schedule spans it")
     p.add_argument("--kl-coef", type=float, default=0.0)
     p.add_argument("--temperature", type=float, default=1.0)
