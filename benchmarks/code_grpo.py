@@ -188,10 +188,8 @@ def main() -> None:
     curve = grpo_phase(args, model, tok, rows, reward)
     start, final = curve[0]["pass_rate"], curve[-1]["pass_rate"]
     best = max(c["pass_rate"] for c in curve)
-    print(json.dumps({"task": args.task, "model": args.model, "algo": args.algo, "lr": args.lr, "schedule": args.schedule,
-                      "grpo_steps": args.grpo_steps, "rl_task": args.rl_task or args.task, "threads": args.threads, "sft_steps": sft_steps,
-                      "sft_seconds": round(sft_s), "eval_problems": len(rows), "distinct_eval_functions":
-                      len({r["prompt"][0]["content"] for r in rows}), "curve": curve,
+    print(json.dumps({"args": vars(args), "sft_steps": sft_steps, "sft_seconds": round(sft_s), "eval_problems": len(rows),
+                      "distinct_eval_functions": len({r["prompt"][0]["content"] for r in rows}), "curve": curve,
                       "wall_seconds": round(time.perf_counter() - t_all)}))
     print(f"held-out pass rate ({len(rows)} problems): {start:.3f} after SFT -> {final:.3f} after {curve[-1]['seconds']:.0f}s of "
           f"{args.algo} (best {best:.3f}); gain {100 * (final - start):+.1f} points; "
